@@ -1,0 +1,227 @@
+"""Training losses as pure functions of a denoiser ``D(x, sigma)`` and a batch.
+
+Every loss returns :class:`LossTerms`: the per-sample loss ``[N]`` (mean over the non-batch
+dimensions) plus the network input and output, so a caller can reuse the evaluation
+(e.g. as the consistency loss's teacher) instead of paying for it twice.
+
+Conventions (see ``shared/MATH.md``): VE levels, data ``y = x0 + s z`` with per-sample
+``s = sigma_n`` (0 = clean sample), EDM weight ``lambda(sigma) = (sigma^2 + sd^2)/(sigma sd)^2``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ambient.noise import add_noise_vp, add_noise_ve, as_levels, bcast
+from ambient.samplers import reverse_step
+
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+
+class LossTerms(NamedTuple):
+    """Per-sample loss ``[N]``, the noisy input ``x`` fed to the network, its level and ``D(x, .)``."""
+
+    loss: Tensor
+    x: Tensor
+    sigma: Tensor
+    denoised: Tensor
+
+
+def _mean_sq(t: Tensor) -> Tensor:
+    return t.pow(2).flatten(1).mean(dim=1)
+
+
+def edm_weight(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
+    """EDM loss weight ``lambda(sigma) = (sigma^2 + sd^2) / (sigma * sd)^2``."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def sample_sigma_above(
+    sigma_n: Tensor,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    sigma_max: float = 80.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Training levels: EDM's log-normal ``ln sigma ~ N(p_mean, p_std^2)`` truncated to
+    ``(sigma_n, sigma_max]`` per sample, drawn exactly by inverse CDF:
+
+        u ~ U(Phi(a), Phi(b)),  a = (ln sigma_n - p_mean)/p_std,  b = (ln sigma_max - p_mean)/p_std,
+        sigma = exp(p_mean + p_std * Phi^-1(u)).
+
+    Every draw lies strictly above its sample's ``sigma_n`` (none is wasted at ``sigma = sigma_n``,
+    where the ambient loss is identically 0); with ``sigma_n = 0`` it is EDM's distribution
+    (capped at ``sigma_max``)."""
+    s = sigma_n.to(torch.float64)
+    if (s >= sigma_max).any():
+        raise ValueError(
+            f"sigma_n must be below the model's sigma_max={sigma_max}; got max sigma_n={s.max():.4g}"
+        )
+    normal = torch.distributions.Normal(0.0, 1.0)
+    lo = torch.where(s > 0, normal.cdf((torch.log(s.clamp_min(1e-300)) - p_mean) / p_std),
+                     torch.zeros_like(s))
+    hi = normal.cdf(torch.tensor((math.log(sigma_max) - p_mean) / p_std, dtype=torch.float64))
+    u = torch.rand(s.shape, generator=generator, dtype=torch.float64, device=s.device)
+    p = (lo + (hi - lo) * u).clamp(1e-15, 1 - 1e-15)
+    sigma = torch.exp(p_mean + p_std * torch.special.ndtri(p))
+    # Guard against rounding at the lower end: stay strictly above sigma_n.
+    sigma = torch.maximum(sigma, s * (1 + 1e-6) + 1e-12).clamp_max(sigma_max)
+    return sigma.to(sigma_n.dtype)
+
+
+def ambient_loss(
+    denoiser: Denoiser,
+    y: Tensor,
+    sigma_n: Tensor | float,
+    sigma: Tensor,
+    noise: Tensor | None = None,
+    sigma_data: float = 0.5,
+    weight_cap: float = 1.0,
+) -> LossTerms:
+    """Ambient denoising score matching (VE), learns ``D = E[x0 | x_sigma]`` for ``sigma > sigma_n``.
+
+        x     = y + sqrt(sigma^2 - s^2) * eta                    (law of x_sigma)
+        r     = (sigma^2 - s^2) / sigma^2
+        y_hat = r * D(x, sigma) + (s^2 / sigma^2) * x             (= E[y | x] when D = E[x0 | x])
+        loss  = lambda(sigma) * min(1 / r^2, weight_cap) * mean((y_hat - y)^2)
+
+    ``y_hat - y = r (D - x0_amb)`` with ``x0_amb = (sigma^2 y - s^2 x) / (sigma^2 - s^2)``, so
+    ``weight_cap = 1`` is the paper's weighting ``lambda r^2 ||D - x0_amb||^2`` (bounded, no
+    division), and a larger cap moves towards the x0-space weight ``lambda ||D - x0_amb||^2``
+    (whose variance explodes as sigma -> s) while capping the factor ``1/r^2`` at ``weight_cap``.
+    With ``s = 0``: ``r = 1`` and this is exactly :func:`dsm_loss`. (The paper's printed
+    Theorem 3.1 has ``r (D - x)`` in place of ``r D``; that variant has the wrong minimiser.)"""
+    if weight_cap < 1.0 or not math.isfinite(weight_cap):
+        raise ValueError(f"weight_cap must be finite and >= 1, got {weight_cap}")
+    s = as_levels(sigma_n, y)
+    sigma = as_levels(sigma, y)
+    if noise is None:
+        noise = torch.randn_like(y)
+    x = add_noise_ve(y, s, sigma, noise)
+    denoised = denoiser(x, sigma)
+    s2, sig2 = bcast(s, y) ** 2, bcast(sigma, y) ** 2
+    y_hat = (sig2 - s2) / sig2 * denoised + s2 / sig2 * x
+    r2 = ((sigma**2 - s**2) / sigma**2) ** 2
+    weight = edm_weight(sigma, sigma_data) / torch.maximum(r2, torch.full_like(r2, 1 / weight_cap))
+    return LossTerms(weight * _mean_sq(y_hat - y), x, sigma, denoised)
+
+
+def dsm_loss(
+    denoiser: Denoiser,
+    x0: Tensor,
+    sigma: Tensor,
+    noise: Tensor | None = None,
+    sigma_data: float = 0.5,
+) -> LossTerms:
+    """Denoising score matching (EDM): ``lambda(sigma) * mean((D(x0 + sigma eta, sigma) - x0)^2)``.
+    It is :func:`ambient_loss` at ``sigma_n = 0``."""
+    return ambient_loss(denoiser, x0, 0.0, sigma, noise, sigma_data)
+
+
+def ambient_loss_vp(
+    denoiser: Denoiser,
+    y: Tensor,
+    s: Tensor | float,
+    v: Tensor,
+    noise: Tensor | None = None,
+    weight: Tensor | float = 1.0,
+) -> LossTerms:
+    """Ambient score matching in the VP convention (Theorem A.5), ``D(x, v) = E[x0 | x_v = x]``:
+
+        x     = sqrt((1 - v^2)/(1 - s^2)) y + sqrt((v^2 - s^2)/(1 - s^2)) eta
+        y_hat = (v^2 - s^2) / (v^2 sqrt(1 - s^2)) * D(x, v) + (s^2 / v^2) sqrt((1 - v^2)/(1 - s^2)) * x
+        loss  = weight * mean((y_hat - y)^2)
+
+    Under ``x_ve = x / sqrt(1 - v^2)``, ``sigma = v / sqrt(1 - v^2)`` the residual is exactly
+    ``sqrt(1 - s^2)`` times the VE residual of :func:`ambient_loss`."""
+    s = as_levels(s, y)
+    v = as_levels(v, y)
+    if noise is None:
+        noise = torch.randn_like(y)
+    x = add_noise_vp(y, s, v, noise)
+    denoised = denoiser(x, v)
+    sb, vb = bcast(s, y), bcast(v, y)
+    y_hat = ((vb**2 - sb**2) / (vb**2 * torch.sqrt(1 - sb**2)) * denoised
+             + sb**2 / vb**2 * torch.sqrt((1 - vb**2) / (1 - sb**2)) * x)
+    return LossTerms(as_levels(weight, y) * _mean_sq(y_hat - y), x, v, denoised)
+
+
+def sure_loss(
+    denoiser: Denoiser,
+    y: Tensor,
+    sigma_n: Tensor | float,
+    probe: Tensor | None = None,
+    fd_eps: float = 1e-3,
+) -> LossTerms:
+    """Stein's unbiased risk estimate (prior-work baseline): learns ``E[x0 | x_{sigma_n}]`` at the
+    data level only. Per dimension (d = number of entries),
+
+        SURE = ( ||D(y) - y||^2 - d s^2 + 2 s^2 div D(y) ) / d,    E[SURE] = E||D(y) - x0||^2 / d,
+
+    with ``D(y) = D(y, s)`` and the divergence by Hutchinson's estimator with a finite difference,
+    ``div D(y) ~ b . (D(y + eps b) - D(y)) / eps``, ``b ~ N(0, I)``. Costs two network calls."""
+    s = as_levels(sigma_n, y)
+    if probe is None:
+        probe = torch.randn_like(y)
+    both = denoiser(torch.cat([y, y + fd_eps * probe]), torch.cat([s, s]))
+    denoised, shifted = both.chunk(2)
+    div = (probe * (shifted - denoised)).flatten(1).sum(dim=1) / fd_eps
+    d = y[0].numel()
+    loss = (_mean_sq(denoised - y) * d - d * s**2 + 2 * s**2 * div) / d
+    return LossTerms(loss, y, s, denoised)
+
+
+def consistency_loss(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigma: Tensor,
+    sigma_next: Tensor,
+    teacher: Tensor | None = None,
+    teacher_grad: bool = False,
+    single_backward: bool = True,
+    noise: tuple[Tensor, Tensor] | None = None,
+) -> LossTerms:
+    """Unbiased two-draw consistency estimator of ``||E[D(X', sigma')] - D(x, sigma)||^2``:
+
+        T        = D(x, sigma)                                   (teacher; one evaluation)
+        X'_1,2   = reverse_step(x, T, sigma -> sigma', eta = 1)  (two independent ancestral draws)
+        loss     = < D(X'_1, sigma') - T,  D(X'_2, sigma') - T > / d
+
+    Signed: its mean is 0 exactly when ``D`` is consistent along the step. The draws are
+    treated as data (no gradient through the sampling path). ``teacher`` reuses an evaluation
+    made elsewhere (e.g. by the ambient loss at the same ``x, sigma``); ``teacher_grad``
+    lets the gradient reach the teacher too. With ``single_backward`` the second draw is
+    evaluated without a graph and the gradient is taken through the first only, doubled:
+    ``2 <grad D(X'_1), D(X'_2) - T>`` is still unbiased by symmetry of the draws, and the
+    returned value equals the estimator. Cost: 2 forward calls (+1 if no teacher is given),
+    backward through 1 (or 2) of them."""
+    sigma = as_levels(sigma, x)
+    sigma_next = as_levels(sigma_next, x)
+    if teacher is None:
+        teacher = denoiser(x, sigma)
+    if not teacher_grad:
+        teacher = teacher.detach()
+    if noise is None:
+        noise = (torch.randn_like(x), torch.randn_like(x))
+    with torch.no_grad():
+        drawn = torch.cat([reverse_step(x, teacher.detach(), sigma, sigma_next, 1.0, z)
+                           for z in noise])
+    levels = torch.cat([sigma_next, sigma_next])
+    d = x[0].numel()
+    if single_backward:
+        first = denoiser(drawn[: x.shape[0]], sigma_next)
+        with torch.no_grad():
+            second = denoiser(drawn[x.shape[0]:], sigma_next)
+        a, b = first - teacher, second - teacher
+        value = (a * b).flatten(1).sum(1) / d
+        surrogate = 2 * (a * b.detach()).flatten(1).sum(1) / d
+        loss = surrogate - surrogate.detach() + value.detach()
+        return LossTerms(loss, drawn, levels, torch.cat([first, second]))
+    out = denoiser(drawn, levels)
+    a, b = (out - torch.cat([teacher, teacher])).chunk(2)
+    return LossTerms((a * b).flatten(1).sum(1) / d, drawn, levels, out)

@@ -1,0 +1,166 @@
+"""The training objective: ambient (or DSM / SURE) loss plus the consistency loss, on one batch.
+
+Network evaluations per training step on a batch of ``B`` samples (``f`` = consistency
+sub-batch fraction, ``k`` = chain steps):
+
+====================================  ==============================  ========================
+objective                             forward evaluations (samples)   backward passes through
+====================================  ==============================  ========================
+DSM / naive DSM                       B                               B
+ambient                               B                               B
+SURE                                  2B                              2B
+ambient + consistency, start="data"   B + fB(k + 1 + 2)               B + fB (single_backward)
+ambient + consistency, start="ambient" B + 2fB (teacher shared)       B + fB (single_backward)
+====================================  ==============================  ========================
+
+(``k`` chain steps and the second draw run without a graph; with ``single_backward=False``
+the backward covers ``B + 2fB`` samples; ``teacher_grad`` adds the teacher's ``fB``.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ambient.losses import (
+    Denoiser,
+    ambient_loss,
+    consistency_loss,
+    sample_sigma_above,
+    sure_loss,
+)
+from ambient.samplers import reverse_step
+
+
+@dataclass
+class ConsistencyConfig:
+    """How the consistency loss is drawn (see :func:`consistency_term`)."""
+
+    weight: float = 0.0  # multiplier of the consistency term; 0 switches it off
+    fraction: float = 0.25  # share of the batch (noisy samples only) used for the term
+    start: Literal["data", "ambient"] = "data"  # where the state x at level sigma comes from
+    chain_steps: int = 4  # start="data": no-grad ancestral steps of the model from sigma_n to sigma
+    target: Literal["step", "below"] = "step"  # sigma' = sigma(1 - step), or log-uniform below sigma_n
+    step: float = 0.05  # relative step size for target="step"
+    sigma_min: float = 0.002  # lowest level trained by consistency
+    teacher_grad: bool = False  # let gradients reach the teacher D(x, sigma)
+    single_backward: bool = True  # gradient through one draw (doubled), second draw without graph
+
+
+@dataclass
+class ObjectiveConfig:
+    """The loss of one training step."""
+
+    method: Literal["ambient", "dsm", "sure"] = "ambient"  # dsm treats data as clean (naive baseline)
+    sigma_data: float = 0.5  # EDM data scale used by the weighting
+    p_mean: float = -1.2  # log-normal training levels: mean of ln sigma
+    p_std: float = 1.2  # log-normal training levels: std of ln sigma
+    sigma_max: float = 80.0  # largest training level
+    weight_cap: float = 1.0  # ambient weighting: 1 = paper's; >1 caps the x0-space factor 1/r^2
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+
+
+def _log_uniform(lo: Tensor, hi: Tensor, generator: torch.Generator | None) -> Tensor:
+    u = torch.rand(lo.shape, generator=generator, device=lo.device, dtype=lo.dtype)
+    return torch.exp(torch.log(lo) + u * (torch.log(hi) - torch.log(lo)))
+
+
+@torch.no_grad()
+def run_chain(
+    denoiser: Denoiser,
+    y: Tensor,
+    sigma_n: Tensor,
+    sigma: Tensor,
+    steps: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draw ``x`` at per-sample level ``sigma <= sigma_n`` by running the model's own ancestral
+    chain from the data ``y`` (at ``sigma_n``) in ``steps`` geometric steps, without a graph."""
+    x = y
+    ratio = sigma / sigma_n
+    for i in range(steps):
+        hi = sigma_n * ratio ** (i / steps)
+        lo = sigma_n * ratio ** ((i + 1) / steps)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = reverse_step(x, denoiser(x, hi), hi, lo, 1.0, noise)
+    return x
+
+
+def consistency_term(
+    denoiser: Denoiser,
+    y: Tensor,
+    sigma_n: Tensor,
+    cfg: ConsistencyConfig,
+    ambient_x: Tensor | None = None,
+    ambient_sigma: Tensor | None = None,
+    ambient_denoised: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor | None:
+    """Per-sample consistency loss on a sub-batch of the noisy samples, or None if there are none.
+
+    start="data": sigma ~ log-uniform(sigma_min, sigma_n), x from :func:`run_chain` (as the
+    theorem states: states of the model's own reverse process started at the data).
+    start="ambient": x, sigma and the teacher D(x, sigma) are the ambient loss's (shared).
+    Then sigma' = sigma (1 - step) (target="step") or log-uniform(sigma_min, min(sigma, sigma_n))
+    (target="below"), and :func:`ambient.losses.consistency_loss` from (x, sigma) to sigma'."""
+    eligible = torch.nonzero(sigma_n > cfg.sigma_min).flatten()
+    count = math.ceil(cfg.fraction * eligible.numel())
+    if count == 0:
+        return None
+    pick = eligible[torch.randperm(eligible.numel(), generator=generator,
+                                   device=eligible.device)[:count].to(eligible.device)]
+    s = sigma_n[pick]
+    floor = torch.full_like(s, cfg.sigma_min)
+    teacher = None
+    if cfg.start == "data":
+        sigma = _log_uniform(floor, s, generator)
+        x = run_chain(denoiser, y[pick], s, sigma, cfg.chain_steps, generator)
+    elif ambient_x is None or ambient_sigma is None or ambient_denoised is None:
+        raise ValueError("consistency start='ambient' needs the ambient loss's x, sigma, denoised")
+    else:
+        x, sigma, teacher = ambient_x[pick], ambient_sigma[pick], ambient_denoised[pick]
+    if cfg.target == "step":
+        sigma_next = sigma * (1 - cfg.step)
+    else:
+        sigma_next = _log_uniform(floor, torch.minimum(sigma, s), generator)
+    noise = tuple(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                  for _ in range(2))
+    return consistency_loss(denoiser, x, sigma, sigma_next, teacher=teacher,
+                            teacher_grad=cfg.teacher_grad, single_backward=cfg.single_backward,
+                            noise=noise).loss
+
+
+def training_loss(
+    denoiser: Denoiser,
+    y: Tensor,
+    sigma_n: Tensor,
+    cfg: ObjectiveConfig,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Scalar loss of one step and its detached parts for logging (no device sync here).
+
+    ambient: ``mean(ambient_loss) + weight * mean(consistency)``; dsm: the data treated as clean
+    (the oracle on clean data, the naive baseline on noisy data); sure: SURE at sigma_n."""
+    if cfg.method == "sure":
+        loss = sure_loss(denoiser, y, sigma_n).loss.mean()
+        return loss, {"loss": loss.detach(), "sure": loss.detach()}
+    levels = torch.zeros_like(sigma_n) if cfg.method == "dsm" else sigma_n
+    sigma = sample_sigma_above(levels, cfg.p_mean, cfg.p_std, cfg.sigma_max, generator)
+    noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    amb = ambient_loss(denoiser, y, levels, sigma, noise, cfg.sigma_data, cfg.weight_cap)
+    loss = amb.loss.mean()
+    stats = {"ambient" if cfg.method == "ambient" else "dsm": loss.detach()}
+    cons_cfg = cfg.consistency
+    if cfg.method == "ambient" and cons_cfg.weight > 0:
+        cons = consistency_term(denoiser, y, sigma_n, cons_cfg, amb.x, amb.sigma, amb.denoised,
+                                generator)
+        if cons is not None:
+            cons_mean = cons.mean()
+            loss = loss + cons_cfg.weight * cons_mean
+            stats["consistency"] = cons_mean.detach()
+    stats["loss"] = loss.detach()
+    return loss, stats
