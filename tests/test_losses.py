@@ -1,0 +1,278 @@
+"""The losses against closed-form ground truth (Gaussian mixtures), as MATH.md prescribes."""
+
+import pytest
+import torch
+
+from ambient import losses, noise
+from ambient.data import GaussianMixture
+from ambient.samplers import reverse_step
+
+G = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def gmm():
+    return GaussianMixture.random(2, 3, mean_scale=1.5, component_scale=0.3, generator=G(0))
+
+
+def _noisy_data(gmm, n, sigma_n, seed):
+    g = G(seed)
+    x0 = gmm.sample(n, generator=g).double()
+    s = noise.as_levels(torch.as_tensor(sigma_n, dtype=torch.float64), x0)
+    y = x0 + s[:, None] * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    eta = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    return x0, y, s, eta
+
+
+def _directions(x, sigma):
+    """Perturbations h(x, sigma): constants, a linear map, and a nonlinear one."""
+    return {
+        "e1": torch.tensor([1.0, 0.0], dtype=x.dtype).expand_as(x),
+        "-e2": torch.tensor([0.0, -1.0], dtype=x.dtype).expand_as(x),
+        "x": x,
+        "tanh": torch.tanh(x[:, [1, 0]]),
+    }
+
+
+def printed_typo_ambient_loss(denoiser, y, s, sigma, eta):
+    """Theorem 3.1 as printed: r (D - x) + s^2/sigma^2 x - y (wrong minimiser: D* + x)."""
+    x = noise.add_noise_ve(y, s, sigma, eta)
+    r = ((sigma**2 - s**2) / sigma**2)[:, None]
+    resid = r * (denoiser(x, sigma) - x) + (s**2 / sigma**2)[:, None] * x - y
+    return resid.pow(2).mean(1)
+
+
+SIGMA_N_CASES = {
+    "scalar": 0.4,
+    "per_sample": torch.tensor([0.0, 0.2, 0.4, 0.8]).repeat_interleave(25_000).double(),
+}
+
+
+@pytest.mark.parametrize("case", list(SIGMA_N_CASES))
+@pytest.mark.parametrize("ratio", [1.25, 2.0, 4.0])
+def test_analytic_denoiser_minimises_ambient_loss_ve(gmm, case, ratio):
+    n = 100_000
+    x0, y, s, eta = _noisy_data(gmm, n, SIGMA_N_CASES[case], seed=1)
+    sigma = torch.where(s > 0, ratio * s, torch.full_like(s, 0.5))
+    best = losses.ambient_loss(gmm.denoiser, y, s, sigma, eta).loss.mean()
+    x = noise.add_noise_ve(y, s, sigma, eta)
+    for name, h in _directions(x, sigma).items():
+        for delta in (0.05, -0.05):
+            def perturbed(xx, ss, h=h, delta=delta):
+                return gmm.denoiser(xx, ss) + delta * h
+            worse = losses.ambient_loss(perturbed, y, s, sigma, eta).loss.mean()
+            assert worse > best, f"direction {name} delta {delta} lowered the loss"
+
+
+@pytest.mark.parametrize("ratio", [1.25, 2.0, 4.0])
+def test_printed_typo_variant_is_not_minimised_by_posterior_mean(gmm, ratio):
+    """The typo's loss is lower at D* + x than at D*: its minimiser is wrong (MATH.md)."""
+    x0, y, s, eta = _noisy_data(gmm, 50_000, 0.4, seed=2)
+    sigma = ratio * s
+    at_truth = printed_typo_ambient_loss(gmm.denoiser, y, s, sigma, eta).mean()
+    shifted = printed_typo_ambient_loss(lambda xx, ss: gmm.denoiser(xx, ss) + xx, y, s, sigma, eta)
+    assert shifted.mean() < 0.5 * at_truth
+    # ...while the correct loss rejects the same shift.
+    good = losses.ambient_loss(gmm.denoiser, y, s, sigma, eta).loss.mean()
+    bad = losses.ambient_loss(lambda xx, ss: gmm.denoiser(xx, ss) + xx, y, s, sigma, eta).loss.mean()
+    assert bad > 2 * good
+
+
+@pytest.mark.parametrize("case", ["scalar", "per_sample_vp"])
+@pytest.mark.parametrize("ratio", [1.25, 2.0])
+def test_analytic_denoiser_minimises_ambient_loss_vp(gmm, case, ratio):
+    n = 100_000
+    g = G(4)
+    x0 = gmm.sample(n, generator=g).double()
+    if case == "scalar":
+        s = torch.full((n,), 0.3, dtype=torch.float64)
+    else:
+        s = torch.tensor([0.0, 0.2, 0.5, 0.7], dtype=torch.float64).repeat_interleave(n // 4)
+    y = (1 - s[:, None] ** 2).sqrt() * x0 + s[:, None] * torch.randn(x0.shape, generator=g,
+                                                                   dtype=torch.float64)
+    eta = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    v = torch.where(s > 0, (ratio * s).clamp_max(0.95), torch.full_like(s, 0.5))
+    best = losses.ambient_loss_vp(gmm.denoiser_vp, y, s, v, eta).loss.mean()
+    x = noise.add_noise_vp(y, s, v, eta)
+    for name, h in _directions(x, v).items():
+        for delta in (0.05, -0.05):
+            def perturbed(xx, vv, h=h, delta=delta):
+                return gmm.denoiser_vp(xx, vv) + delta * h
+            worse = losses.ambient_loss_vp(perturbed, y, s, v, eta).loss.mean()
+            assert worse > best, f"direction {name} delta {delta} lowered the VP loss"
+
+
+def test_vp_loss_equals_ve_loss_under_change_of_variables(gmm):
+    """Same y, noise and any denoiser: VP residual = sqrt(1 - s^2) * VE residual."""
+    n = 64
+    g = G(5)
+    x0 = gmm.sample(n, generator=g).double()
+    s_vp = torch.rand(n, generator=g, dtype=torch.float64) * 0.6
+    v = s_vp + (0.99 - s_vp) * torch.rand(n, generator=g, dtype=torch.float64)
+    z, eta = torch.randn_like(x0), torch.randn_like(x0)
+    y_vp = (1 - s_vp[:, None] ** 2).sqrt() * x0 + s_vp[:, None] * z
+    y_ve, s_ve = noise.vp_to_ve(y_vp, s_vp)
+    sigma = noise.ve_sigma_from_vp(v)
+
+    def any_denoiser(x, level):  # deliberately not the posterior mean
+        return torch.sin(x) * (1 + level[:, None])
+
+    def vp_view(x, vv):
+        return any_denoiser(*noise.vp_to_ve(x, vv))
+
+    vp = losses.ambient_loss_vp(vp_view, y_vp, s_vp, v, eta)
+    ve = losses.ambient_loss(any_denoiser, y_ve, s_ve, sigma, eta)
+    # ambient_loss weights by lambda(sigma) (weight_cap = 1): undo it.
+    ve_resid = ve.loss / losses.edm_weight(sigma)
+    torch.testing.assert_close(vp.loss, (1 - s_vp**2) * ve_resid)
+    torch.testing.assert_close(noise.vp_to_ve(vp.x, v)[0], ve.x)
+
+
+def test_ambient_loss_at_zero_noise_is_edm_dsm(gmm):
+    x0, _, _, eta = _noisy_data(gmm, 32, 0.0, seed=6)
+    sigma = torch.rand(32, dtype=torch.float64) * 3 + 0.01
+
+    def den(x, sg):
+        return 0.7 * x + sg[:, None]
+
+    amb = losses.ambient_loss(den, x0, torch.zeros(32, dtype=torch.float64), sigma, eta)
+    explicit = losses.edm_weight(sigma) * (den(x0 + sigma[:, None] * eta, sigma) - x0).pow(2).mean(1)
+    torch.testing.assert_close(amb.loss, explicit)
+    torch.testing.assert_close(losses.dsm_loss(den, x0, sigma, eta).loss, explicit)
+    # Any weight_cap is the same at s = 0 (r = 1).
+    torch.testing.assert_close(losses.ambient_loss(den, x0, 0.0, sigma, eta, weight_cap=50).loss,
+                               explicit)
+
+
+def test_weight_cap_interpolates_between_paper_and_x0_weighting():
+    y = torch.ones(3, 2, dtype=torch.float64)
+    s = torch.full((3,), 1.0, dtype=torch.float64)
+    sigma = torch.tensor([1.01, 1.5, 10.0], dtype=torch.float64)
+    eta = torch.zeros_like(y)
+
+    def den(x, sg):
+        return torch.zeros_like(x)
+
+    paper = losses.ambient_loss(den, y, s, sigma, eta).loss
+    capped = losses.ambient_loss(den, y, s, sigma, eta, weight_cap=4.0).loss
+    r2 = ((sigma**2 - s**2) / sigma**2) ** 2
+    torch.testing.assert_close(capped / paper, torch.minimum(1 / r2, torch.full_like(r2, 4.0)))
+    with pytest.raises(ValueError, match="weight_cap"):
+        losses.ambient_loss(den, y, s, sigma, eta, weight_cap=0.5)
+
+
+def test_sample_sigma_above_is_strictly_above_and_edm_at_zero():
+    g = G(7)
+    s = torch.tensor([0.0, 0.05, 0.2, 1.0, 5.0]).repeat_interleave(20_000)
+    sigma = losses.sample_sigma_above(s, generator=g)
+    assert torch.isfinite(sigma).all()
+    assert (sigma > s).all() and (sigma <= 80.0).all()
+    log0 = sigma[s == 0].log()
+    assert log0.mean().item() == pytest.approx(-1.2, abs=0.03)
+    assert log0.std().item() == pytest.approx(1.2, abs=0.03)
+    # Truncation keeps the log-normal shape above s: median of the truncated law.
+    normal = torch.distributions.Normal(-1.2, 1.2)
+    lo = normal.cdf(torch.tensor(0.2).log())
+    expected_median = normal.icdf((lo + 1) / 2).exp()
+    assert sigma[s == 0.2].median().item() == pytest.approx(expected_median.item(), rel=0.03)
+    # Every ambient loss at these levels is finite (no division by zero anywhere).
+    y = torch.randn(s.shape[0], 2)
+    out = losses.ambient_loss(lambda x, sg: x * 0.5, y, s, sigma, weight_cap=100.0)
+    assert torch.isfinite(out.loss).all()
+    with pytest.raises(ValueError, match="sigma_max"):
+        losses.sample_sigma_above(torch.tensor([80.0]))
+
+
+def test_sure_is_unbiased_for_the_denoising_risk(gmm):
+    """E[SURE(D)] = E||D(y) - x0||^2 / d for any (smooth) D, here the analytic one and a wrong one."""
+    n, s = 400_000, 0.5
+    x0, y, sv, _ = _noisy_data(gmm, n, s, seed=8)
+    probe = torch.randn(y.shape, generator=G(9), dtype=torch.float64)
+    for den in (gmm.denoiser, lambda x, sg: 0.5 * torch.tanh(x)):
+        sure = losses.sure_loss(den, y, sv, probe=probe, fd_eps=1e-4).loss
+        risk = (den(y, sv) - x0).pow(2).mean(1)
+        se = (sure - risk).std() / n**0.5
+        assert abs(sure.mean() - risk.mean()) < 4 * se + 1e-3
+
+
+# ----------------------------------------------------------------------------- consistency
+
+
+def _one_gaussian():
+    cov = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
+    return GaussianMixture(torch.ones(1), torch.tensor([[1.0, -0.5]]), cov[None])
+
+
+def test_consistency_estimator_vanishes_for_linear_posterior_mean_any_step():
+    """One Gaussian: D* is affine in x, so E[D*(X')] = D*(E[X']) = D*(x) for any step size."""
+    gauss = _one_gaussian()
+    n = 200_000
+    x = gauss.sample(n, generator=G(10)).double() + 0.8 * torch.randn(n, 2, dtype=torch.float64)
+    sigma = torch.full((n,), 0.8, dtype=torch.float64)
+    for frac in (0.9, 0.5, 0.05):
+        est = losses.consistency_loss(gauss.denoiser, x, sigma, frac * sigma,
+                                      single_backward=False).loss
+        assert abs(est.mean()) < 4 * est.std() / n**0.5
+
+
+def test_consistency_estimator_small_for_mixture_small_steps(gmm):
+    """Mixture: a small ancestral step is consistent to first order; the estimator's mean is ~0
+    compared with the same quantity for a deliberately inconsistent denoiser."""
+    n = 100_000
+    x0 = gmm.sample(n, generator=G(11)).double()
+    sigma = torch.full((n,), 0.5, dtype=torch.float64)
+    x = x0 + 0.5 * torch.randn(x0.shape, generator=G(12), dtype=torch.float64)
+
+    def inconsistent(xx, sg):
+        return gmm.denoiser(xx, sg) + 3.0 * sg[:, None]
+
+    good = losses.consistency_loss(gmm.denoiser, x, sigma, 0.95 * sigma,
+                                   single_backward=False).loss
+    bad = losses.consistency_loss(inconsistent, x, sigma, 0.95 * sigma, single_backward=False).loss
+    assert abs(good.mean()) < 4 * good.std() / n**0.5 + 1e-4
+    assert bad.mean() > 20 * abs(good.mean())
+
+
+def test_consistency_estimator_matches_direct_computation(gmm):
+    """For an inconsistent denoiser, E[estimator | x] = ||E[D(X')] - D(x)||^2 / d."""
+    x = torch.tensor([[0.3, -0.2], [1.5, 0.5], [-1.0, 1.0]], dtype=torch.float64)
+    sigma, sigma_next = 0.6, 0.3
+
+    def inconsistent(xx, sg):
+        return gmm.denoiser(xx, sg) * (1 + 0.5 * sg[:, None]) + 0.2 * sg[:, None] ** 2
+
+    m = 200_000
+    for i in range(len(x)):
+        xi = x[i: i + 1].expand(m, 2)
+        sg = torch.full((m,), sigma, dtype=torch.float64)
+        teacher = inconsistent(xi, sg)
+        draws = reverse_step(xi, teacher, sigma, sigma_next, 1.0, torch.randn(m, 2, dtype=torch.float64))
+        direct = (inconsistent(draws, torch.full((m,), sigma_next, dtype=torch.float64)).mean(0)
+                  - teacher[0]).pow(2).mean()
+        est = losses.consistency_loss(inconsistent, xi, sg, torch.full((m,), sigma_next,
+                                      dtype=torch.float64), single_backward=False).loss
+        assert est.mean().item() == pytest.approx(direct.item(), rel=0.05, abs=3 * est.std().item() / m**0.5)
+
+
+def test_single_backward_has_same_value_and_unbiased_gradient():
+    """The one-draw gradient (doubled) has the two-draw gradient's expectation; values agree."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+    def den(x, sg):
+        return net(torch.cat([x, sg[:, None]], 1))
+
+    n = 50_000
+    x = torch.randn(n, 2)
+    sigma = torch.full((n,), 0.7)
+    noise_pair = (torch.randn(n, 2), torch.randn(n, 2))
+    grads = {}
+    for single in (False, True):
+        net.zero_grad()
+        out = losses.consistency_loss(den, x, sigma, 0.5 * sigma, noise=noise_pair,
+                                      single_backward=single)
+        out.loss.mean().backward()
+        grads[single] = (out.loss.detach(), torch.cat([p.grad.flatten() for p in net.parameters()]))
+    torch.testing.assert_close(grads[True][0], grads[False][0])
+    rel = (grads[True][1] - grads[False][1]).norm() / grads[False][1].norm()
+    assert rel < 0.1
