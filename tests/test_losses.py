@@ -52,7 +52,7 @@ SIGMA_N_CASES = {
 @pytest.mark.parametrize("ratio", [1.25, 2.0, 4.0])
 def test_analytic_denoiser_minimises_ambient_loss_ve(gmm, case, ratio):
     n = 100_000
-    x0, y, s, eta = _noisy_data(gmm, n, SIGMA_N_CASES[case], seed=1)
+    _, y, s, eta = _noisy_data(gmm, n, SIGMA_N_CASES[case], seed=1)
     sigma = torch.where(s > 0, ratio * s, torch.full_like(s, 0.5))
     best = losses.ambient_loss(gmm.denoiser, y, s, sigma, eta).loss.mean()
     x = noise.add_noise_ve(y, s, sigma, eta)
@@ -67,7 +67,7 @@ def test_analytic_denoiser_minimises_ambient_loss_ve(gmm, case, ratio):
 @pytest.mark.parametrize("ratio", [1.25, 2.0, 4.0])
 def test_printed_typo_variant_is_not_minimised_by_posterior_mean(gmm, ratio):
     """The typo's loss is lower at D* + x than at D*: its minimiser is wrong (MATH.md)."""
-    x0, y, s, eta = _noisy_data(gmm, 50_000, 0.4, seed=2)
+    _, y, s, eta = _noisy_data(gmm, 50_000, 0.4, seed=2)
     sigma = ratio * s
     at_truth = printed_typo_ambient_loss(gmm.denoiser, y, s, sigma, eta).mean()
     shifted = printed_typo_ambient_loss(lambda xx, ss: gmm.denoiser(xx, ss) + xx, y, s, sigma, eta)

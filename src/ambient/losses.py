@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ambient.noise import add_noise_vp, add_noise_ve, as_levels, bcast
+from ambient.noise import add_noise_ve, add_noise_vp, as_levels, bcast
 from ambient.samplers import reverse_step
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]

@@ -56,8 +56,9 @@ class NoiseEmbedding(nn.Module):
         )
 
     def forward(self, c_noise: Tensor) -> Tensor:
-        angles = c_noise.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
-        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=1))
+        angles = c_noise.float()[:, None] * self.freqs.float()[None, :]  # float32 even in bf16
+        features = torch.cat([angles.cos(), angles.sin()], dim=1)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
 @dataclass

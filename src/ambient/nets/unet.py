@@ -47,14 +47,15 @@ class UNetConfig:
         check_positive_int("unet", "norm_groups", self.norm_groups)
         check_emb_dim("unet", self.emb_dim)
         check_dropout("unet", self.dropout)
-        if not self.channel_mult or min(self.channel_mult) < 1:
-            raise AmbientError(f"unet backbone field channel_mult={list(self.channel_mult)} must be "
-                               "a non-empty list of positive integers; fix: e.g. [1, 2]")
-        levels = len(self.channel_mult)
+        mult = list(self.channel_mult)
+        if not mult or min(mult) < 1:
+            raise AmbientError(f"unet backbone field channel_mult={mult} must be a non-empty list "
+                               "of positive integers; fix: e.g. channel_mult=[1, 2]")
+        levels = len(mult)
         bad = [i for i in self.attention_levels if not 0 <= i < levels]
         if bad:
             raise AmbientError(f"unet backbone field attention_levels has level(s) {bad} but "
-                               f"channel_mult={list(self.channel_mult)} gives levels 0..{levels - 1}; "
+                               f"channel_mult={mult} gives levels 0..{levels - 1}; "
                                "fix: list only existing levels")
         for ch in self.channels:
             if ch % self.norm_groups:
