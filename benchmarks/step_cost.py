@@ -1,0 +1,83 @@
+"""Training-step cost of each objective as a ratio to a DSM step (same network, same batch).
+
+Rounds are interleaved (one step of every objective per round) so that load on a shared
+machine hits all of them alike; the median over rounds is reported. Also: images/s of the
+digits UNet and MLP and the process's peak resident memory.
+
+    python benchmarks/step_cost.py            # writes benchmarks/results/step_cost.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ambient.data.digits import load_digits
+from ambient.defaults import DEFAULT_CONSISTENCY
+from ambient.nets import build_denoiser
+from ambient.objective import ObjectiveConfig, training_loss
+
+OBJECTIVES = {
+    "DSM": ObjectiveConfig(method="dsm"),
+    "ambient": ObjectiveConfig(),
+    "ambient + consistency (default)": ObjectiveConfig(consistency=DEFAULT_CONSISTENCY),
+    "SURE": ObjectiveConfig(method="sure"),
+}
+
+
+def time_steps(net_kind: str, batch: int, rounds: int) -> dict[str, float]:
+    y = load_digits("train") + 0.2 * torch.randn(1438, 1, 8, 8)
+    sigma_n = torch.full((len(y),), 0.2)
+    torch.manual_seed(0)
+    model = build_denoiser((1, 8, 8), kind=net_kind)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    times: dict[str, list[float]] = {k: [] for k in OBJECTIVES}
+    g = torch.Generator().manual_seed(0)
+    for r in range(rounds + 2):
+        for name, cfg in OBJECTIVES.items():
+            idx = torch.randint(len(y), (batch,), generator=g)
+            start = time.perf_counter()
+            loss, _ = training_loss(model, y[idx], sigma_n[idx], cfg, generator=g)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if r >= 2:  # warm-up rounds excluded
+                times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results/step_cost.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    lines = [f"Digits (8x8) at sigma_n = 0.2, batch {args.batch}, median of {args.rounds} "
+             f"interleaved rounds, {args.threads} CPU threads. Consistency default: "
+             f"fraction {DEFAULT_CONSISTENCY.fraction}, chain_steps {DEFAULT_CONSISTENCY.chain_steps}, "
+             f"single_backward {DEFAULT_CONSISTENCY.single_backward}.", "",
+             "Rerun: `python benchmarks/step_cost.py`", "",
+             "| network | objective | ms / step | ratio to DSM | images / s |",
+             "|---|---|---:|---:|---:|"]
+    for kind in ("unet", "mlp"):
+        med = time_steps(kind, args.batch, args.rounds)
+        for name, sec in med.items():
+            lines.append(f"| {kind} | {name} | {sec * 1e3:.1f} | {sec / med['DSM']:.2f} | "
+                         f"{args.batch / sec:.0f} |")
+        print("\n".join(lines[-len(med):]), flush=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lines += ["", f"Peak resident memory of the benchmark process: {peak:.0f} MiB."]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
