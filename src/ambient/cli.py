@@ -1,0 +1,286 @@
+"""The ``ambient`` command line: train, sample, denoise, evaluate, demo (and the latent path).
+
+Every user-fixable problem is an :class:`~ambient.errors.AmbientError`, printed as one line
+(``ambient: error: ...``) with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ambient import __version__
+from ambient.errors import AmbientError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A ``--config`` file: YAML or JSON (safe loaders only), a mapping at the top."""
+    p = Path(path)
+    if not p.is_file():
+        raise AmbientError(f"config file {p} does not exist; fix: check the path of --config")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise AmbientError(f"config file {p} is not valid YAML/JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise AmbientError(f"config file {p} must hold a mapping (keys engine, objective, net), "
+                           f"got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
+def build_train_config(args: argparse.Namespace) -> Any:
+    """Defaults <- ``--config`` file <- command-line flags, validated by ``config_from_dict``."""
+    from ambient.defaults import default_train_config
+    from ambient.train import config_from_dict, config_to_dict
+
+    cfg = config_to_dict(default_train_config(args.data))
+    if args.config:
+        cfg = _merge(cfg, read_config_file(args.config))
+    flags: dict[str, Any] = {"engine": {}, "objective": {"consistency": {}}, "net": {}}
+    for flag, (section, key) in {
+        "steps": ("engine", "steps"), "batch_size": ("engine", "batch_size"),
+        "lr": ("engine", "lr"), "seed": ("engine", "seed"),
+        "mixed_precision": ("engine", "mixed_precision"),
+        "checkpoint_every": ("engine", "checkpoint_every"),
+        "sample_every": ("engine", "sample_every"), "method": ("objective", "method"),
+    }.items():
+        if getattr(args, flag) is not None:
+            flags[section][key] = getattr(args, flag)
+    if args.consistency_weight is not None:
+        flags["objective"]["consistency"]["weight"] = args.consistency_weight
+    if args.net is not None:
+        flags["net"]["kind"] = args.net
+    cfg = _merge(cfg, flags)
+    cfg["data"] = {"data": args.data, "sigma_n": args.sigma_n, "corrupt": args.corrupt,
+                   "seed": args.data_seed}
+    return config_from_dict(cfg)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ambient.data import resolve_dataset
+    from ambient.train import train
+
+    cfg = build_train_config(args)
+    dataset = resolve_dataset(args.data, args.sigma_n, corrupt=args.corrupt, seed=args.data_seed,
+                              on_bad=args.on_bad)
+    train(cfg, dataset, Path(args.out), resume=args.resume, init_from=args.init_from)
+    print(f"trained: {args.out} (sample with: ambient sample {args.out} --num 64 --out samples.npy)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- sample / denoise
+
+
+def _save_output(x: torch.Tensor, out: str, config: dict[str, Any]) -> None:
+    from ambient.images import save_grid
+
+    path = Path(out)
+    if path.suffix != ".npy":
+        raise AmbientError(f"--out {out}: the output is written as a .npy array; fix: name it "
+                           "e.g. samples.npy (a PNG grid is written beside it for images)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, x.numpy())
+    tmp.replace(path)
+    msg = f"wrote {path} {list(x.shape)}"
+    if len(config["sample_shape"]) == 3:
+        grid = save_grid(x[:256], path.with_suffix(".png"))
+        msg += f" and {grid}"
+    print(msg)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from ambient.generate import generate
+    from ambient.train import load_run
+
+    denoiser, config = load_run(Path(args.run_dir))
+    x = generate(denoiser, config, args.num, steps=args.steps, sampler=args.sampler,
+                 truncate=args.truncate, seed=args.seed, progress=True)
+    _save_output(x, args.out, config)
+    return 0
+
+
+def cmd_denoise(args: argparse.Namespace) -> int:
+    from ambient.data import load_array
+    from ambient.train import load_run
+
+    denoiser, config = load_run(Path(args.run_dir))
+    x = load_array(args.input)
+    if tuple(x.shape[1:]) != tuple(config["sample_shape"]):
+        raise AmbientError(f"--input {args.input}: samples have shape {list(x.shape[1:])} but the "
+                           f"model was trained on {config['sample_shape']}; fix: pass data of the "
+                           "training shape")
+    if not 0 < args.sigma < float(config["sigma_max"]):
+        raise AmbientError(f"--sigma {args.sigma}: must lie in (0, {config['sigma_max']}), the "
+                           "levels the model was trained on")
+    with torch.no_grad():
+        out = torch.cat([denoiser(b, torch.full((len(b),), args.sigma)) for b in x.split(1024)])
+    _save_output(out, args.out, config)
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate / demo
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ambient.evaluate.runs import evaluate_run, require_reference_compatible
+    from ambient.train import load_run
+
+    denoiser, config = load_run(Path(args.run_dir))
+    if config.get("source") != "digits" and not str(config.get("source", "")).startswith("gmm"):
+        if args.reference is None:
+            raise AmbientError("this run's data have no built-in ground truth; fix: pass "
+                               "--reference (clean images: a folder or .npy) and --features")
+        require_reference_compatible(config, args.features)
+    metrics = evaluate_run(denoiser, config, num=args.num, steps=args.steps, seed=args.seed,
+                           features=args.features, reference=args.reference)
+    result = {"samples": metrics.samples,
+              "excess_denoising_error": {str(k): v for k, v in metrics.excess.items()},
+              "denoising_mse": {str(k): v for k, v in metrics.denoising.items()}}
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ambient.demo import run_demo
+
+    report = run_demo(Path(args.out), quick=args.quick)
+    print(f"report: {report}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ambient",
+        description="Train diffusion models that sample the clean distribution from noisy data.")
+    parser.add_argument("--version", action="version", version=f"ambient {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on noisy (or clean) data")
+    p.add_argument("--data", required=True,
+                   help="a .npy/.npz array (N, D) or (N, C, H, W), a folder of images, or a "
+                        "built-in dataset: digits, gmm[:dim=2,components=8,...]")
+    p.add_argument("--sigma-n", default=None,
+                   help="noise level of the data (VE, data units): a number, or a .npy of "
+                        "per-sample levels (0 = clean sample)")
+    p.add_argument("--corrupt", action="store_true",
+                   help="the data are clean: add noise at --sigma-n once (fixed seed per sample) "
+                        "and train only on the noisy copy")
+    p.add_argument("--out", required=True, help="run directory (created)")
+    p.add_argument("--method", choices=["ambient", "dsm", "sure"], default=None,
+                   help="ambient (default: exact, with consistency), dsm (treat data as clean: "
+                        "the oracle on clean data, the naive baseline on noisy data), sure")
+    p.add_argument("--consistency-weight", type=float, default=None,
+                   help="weight of the consistency loss (0 = ambient without consistency)")
+    p.add_argument("--init-from", default=None,
+                   help="warm start: initialise the weights from another run directory")
+    p.add_argument("--steps", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None, help="training seed")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the one-time corruption")
+    p.add_argument("--net", choices=["auto", "mlp", "unet"], default=None)
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None)
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None)
+    p.add_argument("--sample-every", type=int, default=None)
+    p.add_argument("--on-bad", choices=["skip", "error"], default="skip",
+                   help="unreadable files in an image folder: skip them (counted) or stop")
+    p.add_argument("--config", default=None, help="YAML/JSON file of engine/objective/net settings")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="draw samples from a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--num", type=_positive_int, default=64)
+    p.add_argument("--out", required=True, help="output .npy (a PNG grid is written beside it)")
+    p.add_argument("--steps", type=_positive_int, default=32)
+    p.add_argument("--sampler", choices=["heun", "euler", "ddim"], default="heun")
+    p.add_argument("--truncate", action="store_true",
+                   help="stop at the data's noise level and output D(x, sigma_n)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("denoise", help="apply D(x, sigma) to inputs")
+    p.add_argument("run_dir")
+    p.add_argument("--input", required=True, help=".npy/.npz of inputs (N, ...)")
+    p.add_argument("--sigma", type=float, required=True, help="the inputs' noise level")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_denoise)
+
+    p = sub.add_parser("evaluate", help="metrics of a run against its data's ground truth")
+    p.add_argument("run_dir")
+    p.add_argument("--num", type=_positive_int, default=1000, help="samples to draw")
+    p.add_argument("--steps", type=_positive_int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--features", default="digits",
+                   help="digits, pixels, dinov2:DIR or torchscript:FILE (Frechet distance)")
+    p.add_argument("--reference", default=None, help="clean reference images (folder or .npy)")
+    p.add_argument("--out", default=None, help="also write the metrics as JSON here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="noisy digits -> two models -> report (about 10 min on CPU)")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--quick", action="store_true", help="a 1-minute smoke version")
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from ambient.latent.cli import register_cli
+    except ImportError:  # the latent extra (diffusers, peft, transformers) is not installed
+        pass
+    else:
+        register_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from ambient.engine import TrainingInterrupted
+
+    try:
+        return args.func(args)
+    except TrainingInterrupted as e:  # SIGTERM / Ctrl-C: a final checkpoint was written
+        print(f"ambient: {e}", file=sys.stderr)
+        return e.exit_code
+    except AmbientError as e:
+        print(f"ambient: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""End-to-end command line on tiny data: train -> sample -> denoise, and clear errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ambient.cli import main
+
+TINY = ["--steps", "6", "--batch-size", "16", "--checkpoint-every", "6"]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([*argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def vectors(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "noisy.npy"
+    np.save(path, (rng.normal(size=(64, 3)) + 0.2 * rng.normal(size=(64, 3))).astype(np.float32))
+    return path
+
+
+def test_vectors_train_sample_denoise(tmp_path, vectors, capsys):
+    run = tmp_path / "run"
+    code, _, err = _run(capsys, "train", "--data", str(vectors), "--sigma-n", "0.2",
+                        "--out", str(run), "--net", "mlp", *TINY)
+    assert code == 0, err
+    assert (run / "config.json").is_file()
+    code, _, err = _run(capsys, "sample", str(run), "--num", "10", "--out", str(tmp_path / "s.npy"),
+                        "--steps", "4")
+    assert code == 0, err
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (10, 3) and np.isfinite(samples).all()
+    code, _, err = _run(capsys, "sample", str(run), "--num", "5", "--out", str(tmp_path / "t.npy"),
+                        "--steps", "4", "--truncate", "--sampler", "euler")
+    assert code == 0, err
+    code, _, err = _run(capsys, "denoise", str(run), "--input", str(vectors), "--sigma", "0.2",
+                        "--out", str(tmp_path / "d.npy"))
+    assert code == 0, err
+    assert np.load(tmp_path / "d.npy").shape == (64, 3)
+
+
+def test_images_per_sample_levels_and_grid(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    data = tmp_path / "imgs.npy"
+    np.save(data, rng.uniform(-1, 1, size=(32, 1, 8, 8)).astype(np.float32))
+    levels = tmp_path / "levels.npy"
+    np.save(levels, np.where(np.arange(32) % 2 == 0, 0.0, 0.3).astype(np.float32))
+    run = tmp_path / "run"
+    code, _, err = _run(capsys, "train", "--data", str(data), "--sigma-n", str(levels),
+                        "--out", str(run), "--net", "unet", *TINY)
+    assert code == 0, err
+    code, _, err = _run(capsys, "sample", str(run), "--num", "4", "--out",
+                        str(tmp_path / "s.npy"), "--steps", "3", "--sampler", "ddim")
+    assert code == 0, err
+    assert np.load(tmp_path / "s.npy").shape == (4, 1, 8, 8)
+    assert (tmp_path / "s.png").is_file()
+
+
+def test_corrupt_builtin_and_warm_start(tmp_path, capsys):
+    first = tmp_path / "first"
+    code, _, err = _run(capsys, "train", "--data", "gmm:n=128", "--sigma-n", "0.3", "--out",
+                        str(first), "--consistency-weight", "0", *TINY)
+    assert code == 0, err
+    code, _, err = _run(capsys, "train", "--data", "gmm:n=128", "--sigma-n", "0.3", "--out",
+                        str(tmp_path / "second"), "--init-from", str(first), *TINY)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--data", "missing.npy", "--sigma-n", "0.1"], "missing.npy"),
+    (["--data", "{vectors}", "--sigma-n", "0", "--corrupt"], "--sigma-n"),
+    (["--data", "{vectors}", "--sigma-n", "100"], "sigma_max"),
+    (["--data", "{vectors}", "--sigma-n", "-0.1"], "sigma"),
+    (["--data", "{nan}", "--sigma-n", "0.1"], "NaN"),
+    (["--data", "{flat}", "--sigma-n", "0.1"], "one axis"),
+])
+def test_clear_errors_without_traceback(tmp_path, vectors, capsys, args, needle):
+    nan = tmp_path / "nan.npy"
+    bad = np.zeros((8, 2), dtype=np.float32)
+    bad[3, 1] = np.nan
+    np.save(nan, bad)
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.zeros(8, dtype=np.float32))
+    args = [a.format(vectors=vectors, nan=nan, flat=flat) for a in args]
+    code, _, err = _run(capsys, "train", *args, "--out", str(tmp_path / "r"), *TINY)
+    assert code == 2
+    assert err.startswith("ambient: error:") and needle in err
+    assert "Traceback" not in err
+
+
+def test_sample_errors_name_the_problem(tmp_path, capsys):
+    code, _, err = _run(capsys, "sample", str(tmp_path / "nope"), "--out", str(tmp_path / "s.npy"))
+    assert code == 2 and "nope" in err
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text("engine: {stepz: 3}\n")
+    code, _, err = _run(capsys, "train", "--data", "gmm:n=64", "--sigma-n", "0.3", "--out",
+                        str(tmp_path / "r"), "--config", str(config_file))
+    assert code == 2 and "stepz" in err
+
+
+def test_demo_quick_writes_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("ambient.demo.SMOKE_STEPS", 4)
+    code, out, err = _run(capsys, "demo", "--out", str(tmp_path / "demo"), "--quick")
+    assert code == 0, err
+    report = Path(tmp_path / "demo" / "report.md").read_text()
+    assert "frechet" in report and "noisy.png" in report
