@@ -105,7 +105,7 @@ def test_sample_errors_name_the_problem(tmp_path, capsys):
 
 def test_demo_quick_writes_report(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("ambient.demo.SMOKE_STEPS", 4)
-    code, out, err = _run(capsys, "demo", "--out", str(tmp_path / "demo"), "--quick")
+    code, _, err = _run(capsys, "demo", "--out", str(tmp_path / "demo"), "--quick")
     assert code == 0, err
     report = Path(tmp_path / "demo" / "report.md").read_text()
     assert "frechet" in report and "noisy.png" in report
