@@ -30,6 +30,7 @@ from ambient.losses import (
     Denoiser,
     ambient_loss,
     consistency_loss,
+    edm_weight,
     sample_sigma_above,
     sure_loss,
 )
@@ -47,6 +48,7 @@ class ConsistencyConfig:
     target: Literal["step", "below"] = "step"  # sigma' = sigma(1 - step), or log-uniform below sigma_n
     step: float = 0.05  # relative step size for target="step"
     sigma_min: float = 0.002  # lowest level trained by consistency
+    weighting: Literal["none", "edm"] = "none"  # "edm": times lambda(sigma') / lambda(sigma_n)
     teacher_grad: bool = False  # let gradients reach the teacher D(x, sigma)
     single_backward: bool = True  # gradient through one draw (doubled), second draw without graph
 
@@ -90,48 +92,75 @@ def run_chain(
     return x
 
 
+def pick_rows(sigma_n: Tensor, cfg: ConsistencyConfig,
+              generator: torch.Generator | None = None) -> Tensor:
+    """Indices of the consistency sub-batch: ``ceil(fraction * m)`` of the ``m`` samples whose
+    level is above ``cfg.sigma_min`` (clean samples need no consistency), drawn at random."""
+    eligible = torch.nonzero(sigma_n > cfg.sigma_min).flatten()
+    count = math.ceil(cfg.fraction * eligible.numel())
+    order = torch.randperm(eligible.numel(), generator=generator, device=eligible.device)
+    return eligible[order[:count].to(eligible.device)]
+
+
+def consistency_rows(
+    denoiser: Denoiser,
+    y: Tensor,
+    sigma_n: Tensor,
+    cfg: ConsistencyConfig,
+    ambient: tuple[Tensor, Tensor, Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    sigma_data: float = 0.5,
+    sigma_floor: float = 0.0,
+) -> Tensor:
+    """Per-sample consistency loss of every row of ``y`` (VE levels ``sigma_n > 0``).
+
+    start="data": sigma ~ log-uniform(floor, sigma_n), x from :func:`run_chain` (as the
+    theorem states: states of the model's own reverse process started at the data).
+    start="ambient": ``ambient = (x, sigma, D(x, sigma))`` of the ambient loss (shared teacher).
+    Then sigma' = sigma (1 - step) (target="step") or log-uniform(floor, min(sigma, sigma_n))
+    (target="below"), and :func:`ambient.losses.consistency_loss` from (x, sigma) to sigma'.
+    ``floor = max(cfg.sigma_min, sigma_floor)``. weighting="edm" multiplies the loss by
+    ``lambda(sigma') / lambda(sigma_n)`` (EDM weight), so that errors at small levels count as
+    much, in the network's output scale, as at the data level."""
+    floor = torch.full_like(sigma_n, max(cfg.sigma_min, sigma_floor))
+    teacher = None
+    if cfg.start == "data":
+        sigma = _log_uniform(floor, sigma_n, generator)
+        x = run_chain(denoiser, y, sigma_n, sigma, cfg.chain_steps, generator)
+    elif ambient is None:
+        raise ValueError("consistency start='ambient' needs the ambient loss's x, sigma, denoised")
+    else:
+        x, sigma, teacher = ambient
+    if cfg.target == "step":
+        sigma_next = sigma * (1 - cfg.step)
+    else:
+        sigma_next = _log_uniform(floor, torch.minimum(sigma, sigma_n), generator)
+    noise = tuple(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                  for _ in range(2))
+    loss = consistency_loss(denoiser, x, sigma, sigma_next, teacher=teacher,
+                            teacher_grad=cfg.teacher_grad, single_backward=cfg.single_backward,
+                            noise=noise).loss
+    if cfg.weighting == "edm":
+        loss = loss * edm_weight(sigma_next, sigma_data) / edm_weight(sigma_n, sigma_data)
+    return loss
+
+
 def consistency_term(
     denoiser: Denoiser,
     y: Tensor,
     sigma_n: Tensor,
     cfg: ConsistencyConfig,
-    ambient_x: Tensor | None = None,
-    ambient_sigma: Tensor | None = None,
-    ambient_denoised: Tensor | None = None,
+    ambient: tuple[Tensor, Tensor, Tensor] | None = None,
     generator: torch.Generator | None = None,
+    sigma_data: float = 0.5,
 ) -> Tensor | None:
-    """Per-sample consistency loss on a sub-batch of the noisy samples, or None if there are none.
-
-    start="data": sigma ~ log-uniform(sigma_min, sigma_n), x from :func:`run_chain` (as the
-    theorem states: states of the model's own reverse process started at the data).
-    start="ambient": x, sigma and the teacher D(x, sigma) are the ambient loss's (shared).
-    Then sigma' = sigma (1 - step) (target="step") or log-uniform(sigma_min, min(sigma, sigma_n))
-    (target="below"), and :func:`ambient.losses.consistency_loss` from (x, sigma) to sigma'."""
-    eligible = torch.nonzero(sigma_n > cfg.sigma_min).flatten()
-    count = math.ceil(cfg.fraction * eligible.numel())
-    if count == 0:
+    """:func:`consistency_rows` on the sub-batch :func:`pick_rows` draws, or None if the batch
+    has no noisy sample."""
+    pick = pick_rows(sigma_n, cfg, generator)
+    if pick.numel() == 0:
         return None
-    pick = eligible[torch.randperm(eligible.numel(), generator=generator,
-                                   device=eligible.device)[:count].to(eligible.device)]
-    s = sigma_n[pick]
-    floor = torch.full_like(s, cfg.sigma_min)
-    teacher = None
-    if cfg.start == "data":
-        sigma = _log_uniform(floor, s, generator)
-        x = run_chain(denoiser, y[pick], s, sigma, cfg.chain_steps, generator)
-    elif ambient_x is None or ambient_sigma is None or ambient_denoised is None:
-        raise ValueError("consistency start='ambient' needs the ambient loss's x, sigma, denoised")
-    else:
-        x, sigma, teacher = ambient_x[pick], ambient_sigma[pick], ambient_denoised[pick]
-    if cfg.target == "step":
-        sigma_next = sigma * (1 - cfg.step)
-    else:
-        sigma_next = _log_uniform(floor, torch.minimum(sigma, s), generator)
-    noise = tuple(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                  for _ in range(2))
-    return consistency_loss(denoiser, x, sigma, sigma_next, teacher=teacher,
-                            teacher_grad=cfg.teacher_grad, single_backward=cfg.single_backward,
-                            noise=noise).loss
+    rows = None if ambient is None else tuple(t[pick] for t in ambient)
+    return consistency_rows(denoiser, y[pick], sigma_n[pick], cfg, rows, generator, sigma_data)
 
 
 def training_loss(
@@ -156,8 +185,8 @@ def training_loss(
     stats = {"ambient" if cfg.method == "ambient" else "dsm": loss.detach()}
     cons_cfg = cfg.consistency
     if cfg.method == "ambient" and cons_cfg.weight > 0:
-        cons = consistency_term(denoiser, y, sigma_n, cons_cfg, amb.x, amb.sigma, amb.denoised,
-                                generator)
+        cons = consistency_term(denoiser, y, sigma_n, cons_cfg, (amb.x, amb.sigma, amb.denoised),
+                                generator, cfg.sigma_data)
         if cons is not None:
             cons_mean = cons.mean()
             loss = loss + cons_cfg.weight * cons_mean

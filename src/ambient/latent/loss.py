@@ -7,23 +7,22 @@ With noisy latents ``y = sqrt(1 - s^2) z0 + s eps`` (``s`` the VP level of ``t_n
   unweighted ``|| y_hat - y ||^2`` with ``y_hat`` the model's estimate of ``E[y | x_v]``;
 * consistency (:func:`ambient.losses.consistency_loss`) in the VE view
   ``x_ve = y / sqrt(1 - s^2)``, ``sigma_n = s / sqrt(1 - s^2)``, on a sub-batch, drawn exactly as
-  :func:`ambient.objective.consistency_term` draws it (same :class:`ConsistencyConfig` fields), but
-  with each row keeping its own text conditioning; levels below the schedule's lowest
-  (timestep 0) are not trained.
+  :func:`ambient.objective.consistency_term` draws it (the same functions and
+  :class:`ConsistencyConfig` fields), each row keeping its own text conditioning; levels below
+  the schedule's lowest (timestep 0) are not trained.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from ambient.latent.adapter import UNetConditioning, ve_view
-from ambient.losses import Denoiser, ambient_loss_vp, consistency_loss
+from ambient.losses import Denoiser, ambient_loss_vp
 from ambient.noise import ve_sigma_from_timestep, vp_from_timestep, vp_to_ve
-from ambient.objective import ConsistencyConfig, run_chain
+from ambient.objective import ConsistencyConfig, consistency_rows, pick_rows
 
 DenoiserFactory = Callable[[UNetConditioning], Denoiser]
 
@@ -32,11 +31,6 @@ def data_level(t_n: int, alphas_cumprod: Tensor) -> float:
     """VP level ``s`` of data noised at timestep ``t_n``: ``sqrt(1 - alphas_cumprod[t_n])``, and 0
     for ``t_n = 0`` (clean data, the paper's ``t_n = 0``)."""
     return 0.0 if t_n == 0 else float(vp_from_timestep(t_n, alphas_cumprod))
-
-
-def _log_uniform(lo: Tensor, hi: Tensor, generator: torch.Generator | None) -> Tensor:
-    u = torch.rand(lo.shape, generator=generator, device=lo.device, dtype=lo.dtype)
-    return torch.exp(torch.log(lo) + u * (torch.log(hi) - torch.log(lo)))
 
 
 def latent_consistency(
@@ -49,35 +43,19 @@ def latent_consistency(
     ambient: tuple[Tensor, Tensor, Tensor] | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Per-sample consistency loss on ``ceil(cfg.fraction * B)`` random rows of the batch.
-
-    ``make_denoiser(cond_rows)`` gives the VP denoiser for those rows; ``s`` ``[B]`` are the VP
-    levels of ``y`` (all > 0); ``ambient`` is the ambient loss's ``(x, v, D(x, v))`` (needed for
-    ``cfg.start == "ambient"``). Levels are VE; ``sigma_floor`` replaces ``cfg.sigma_min`` when
-    larger (the VE level of timestep 0)."""
-    count = math.ceil(cfg.fraction * y.shape[0])
-    pick = torch.randperm(y.shape[0], generator=generator, device=y.device)[:count]
+    """Per-sample consistency loss on the sub-batch :func:`ambient.objective.pick_rows` draws,
+    computed by :func:`ambient.objective.consistency_rows` in the VE view, each row keeping its
+    own text conditioning. ``s`` ``[B]`` are the VP levels of ``y`` (all > 0); ``ambient`` is the
+    ambient loss's ``(x, v, D(x, v))``; ``sigma_floor`` is the VE level of timestep 0."""
+    y_ve, s_ve = vp_to_ve(y, s)
+    pick = pick_rows(s_ve, cfg, generator)
     denoiser = ve_view(make_denoiser(cond.select(pick)))
-    y_ve, s_ve = vp_to_ve(y[pick], s[pick])
-    floor = torch.full_like(s_ve, max(cfg.sigma_min, sigma_floor))
-    teacher = None
-    if cfg.start == "data":
-        sigma = _log_uniform(floor, s_ve, generator)
-        x = run_chain(denoiser, y_ve, s_ve, sigma, cfg.chain_steps, generator)
-    elif ambient is None:
-        raise ValueError("consistency start='ambient' needs the ambient loss's x, v, denoised")
-    else:
-        x, sigma = vp_to_ve(ambient[0][pick], ambient[1][pick])
-        teacher = ambient[2][pick]
-    if cfg.target == "step":
-        sigma_next = sigma * (1 - cfg.step)
-    else:
-        sigma_next = _log_uniform(floor, torch.minimum(sigma, s_ve), generator)
-    noise = tuple(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                  for _ in range(2))
-    return consistency_loss(denoiser, x, sigma, sigma_next, teacher=teacher,
-                            teacher_grad=cfg.teacher_grad, single_backward=cfg.single_backward,
-                            noise=noise).loss
+    rows = None
+    if ambient is not None:
+        x_ve, sigma = vp_to_ve(ambient[0][pick], ambient[1][pick])
+        rows = (x_ve, sigma, ambient[2][pick])
+    return consistency_rows(denoiser, y_ve[pick], s_ve[pick], cfg, rows, generator,
+                            sigma_floor=sigma_floor)
 
 
 def latent_loss(
