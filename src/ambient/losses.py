@@ -185,12 +185,20 @@ def consistency_loss(
     teacher_grad: bool = False,
     single_backward: bool = True,
     noise: tuple[Tensor, Tensor] | None = None,
+    substeps: int = 1,
+    generator: torch.Generator | None = None,
 ) -> LossTerms:
     """Unbiased two-draw consistency estimator of ``||E[D(X', sigma')] - D(x, sigma)||^2``:
 
         T        = D(x, sigma)                                   (teacher; one evaluation)
-        X'_1,2   = reverse_step(x, T, sigma -> sigma', eta = 1)  (two independent ancestral draws)
+        X'_1,2   = two independent draws of the model's ancestral chain from (x, sigma) to
+                   sigma' in ``substeps`` geometric steps (the first step uses T)
         loss     = < D(X'_1, sigma') - T,  D(X'_2, sigma') - T > / d
+
+    One substep is ``reverse_step(x, T, sigma -> sigma', eta = 1)``; more substeps make a
+    large jump follow the model's own reverse process instead of one Gaussian step (whose law
+    is concentrated on the posterior mean). Independence of the two draws keeps the estimator
+    unbiased for that chain's law.
 
     Signed: its mean is 0 exactly when ``D`` is consistent along the step. The draws are
     treated as data (no gradient through the sampling path). ``teacher`` reuses an evaluation
@@ -198,19 +206,29 @@ def consistency_loss(
     lets the gradient reach the teacher too. With ``single_backward`` the second draw is
     evaluated without a graph and the gradient is taken through the first only, doubled:
     ``2 <grad D(X'_1), D(X'_2) - T>`` is still unbiased by symmetry of the draws, and the
-    returned value equals the estimator. Cost: 2 forward calls (+1 if no teacher is given),
-    backward through 1 (or 2) of them."""
+    returned value equals the estimator. Cost: 2 forward calls (+1 if no teacher is given,
+    + 2 (substeps - 1) without a graph), backward through 1 (or 2) of them. ``noise`` (one
+    tensor per draw) fixes the draws of a single substep; otherwise ``generator`` draws them."""
     sigma = as_levels(sigma, x)
     sigma_next = as_levels(sigma_next, x)
     if teacher is None:
         teacher = denoiser(x, sigma)
     if not teacher_grad:
         teacher = teacher.detach()
-    if noise is None:
-        noise = (torch.randn_like(x), torch.randn_like(x))
+    if noise is not None and substeps != 1:
+        raise ValueError("fixed noise is only supported for substeps=1")
     with torch.no_grad():
-        drawn = torch.cat([reverse_step(x, teacher.detach(), sigma, sigma_next, 1.0, z)
-                           for z in noise])
+        drawn = torch.cat([x, x])
+        denoised = torch.cat([teacher, teacher]).detach()
+        ratio = sigma_next / sigma
+        for k in range(substeps):
+            hi = torch.cat([sigma * ratio ** (k / substeps)] * 2)
+            lo = torch.cat([sigma * ratio ** ((k + 1) / substeps)] * 2)
+            if k > 0:
+                denoised = denoiser(drawn, hi)
+            z = (torch.cat(noise) if noise is not None else
+                 torch.randn(drawn.shape, generator=generator, device=x.device, dtype=x.dtype))
+            drawn = reverse_step(drawn, denoised, hi, lo, 1.0, z)
     levels = torch.cat([sigma_next, sigma_next])
     d = x[0].numel()
     if single_backward:

@@ -47,6 +47,7 @@ class ConsistencyConfig:
     chain_steps: int = 4  # start="data": no-grad ancestral steps of the model from sigma_n to sigma
     target: Literal["step", "below"] = "step"  # sigma' = sigma(1 - step), or log-uniform below sigma_n
     step: float = 0.05  # relative step size for target="step"
+    substeps: int = 1  # ancestral substeps of each draw from sigma to sigma' (no graph)
     sigma_min: float = 0.002  # lowest level trained by consistency
     weighting: Literal["none", "edm"] = "none"  # "edm": times lambda(sigma') / lambda(sigma_n)
     teacher_grad: bool = False  # let gradients reach the teacher D(x, sigma)
@@ -135,11 +136,9 @@ def consistency_rows(
         sigma_next = sigma * (1 - cfg.step)
     else:
         sigma_next = _log_uniform(floor, torch.minimum(sigma, sigma_n), generator)
-    noise = tuple(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                  for _ in range(2))
     loss = consistency_loss(denoiser, x, sigma, sigma_next, teacher=teacher,
                             teacher_grad=cfg.teacher_grad, single_backward=cfg.single_backward,
-                            noise=noise).loss
+                            substeps=cfg.substeps, generator=generator).loss
     if cfg.weighting == "edm":
         loss = loss * edm_weight(sigma_next, sigma_data) / edm_weight(sigma_n, sigma_data)
     return loss
