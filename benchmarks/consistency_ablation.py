@@ -29,25 +29,38 @@ from ambient.generate import generate
 from ambient.train import load_run, train
 
 GMM = "gmm:dim=2,components=6,n=16384,seed=0,scale=0.1,spread=1.0"
-VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or None = off)
-    "oracle (clean DSM)": ("dsm", True, None),
-    "naive DSM on noisy": ("dsm", False, None),
-    "ambient, no consistency": ("ambient", False, None),
-    "ambient + consistency (default)": ("ambient", False, {}),
-    "  weight 10": ("ambient", False, {"weight": 10.0}),
-    "  one jump from data to below sigma_n": ("ambient", False,
-                                              {"chain_steps": 0, "target": "below"}),
-    "  start at ambient level, jump below": ("ambient", False, {"start": "ambient",
-                                                                "target": "below"}),
+DATA_SMALL_STEPS = {"start": "data", "chain_steps": 4, "target": "step", "step": 0.05,
+                    "substeps": 1}
+VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or None = off,
+    #                    objective overrides)
+    "oracle (clean DSM)": ("dsm", True, None, {}),
+    "naive DSM on noisy": ("dsm", False, None, {}),
+    "ambient, no consistency": ("ambient", False, None, {}),
+    "ambient + consistency (default)": ("ambient", False, {}, {}),
+    "ambient, no consistency, paper weighting (cap 1)": ("ambient", False, None,
+                                                         {"weight_cap": 1.0}),
+    "  start at ambient level, one jump below (1 substep)": ("ambient", False, {"substeps": 1}, {}),
+    "  start at data, chain 4, small steps 5%": ("ambient", False, DATA_SMALL_STEPS, {}),
+    "  start at data, no chain, one jump below": ("ambient", False, {
+        **DATA_SMALL_STEPS, "chain_steps": 0, "target": "below"}, {}),
+    "  start at data, chain 4, jump below, 4 substeps": ("ambient", False, {
+        **DATA_SMALL_STEPS, "target": "below", "substeps": 4}, {}),
+    "  start at data, chain 4, steps of 50%, 4 substeps": ("ambient", False, {
+        **DATA_SMALL_STEPS, "step": 0.5, "substeps": 4}, {}),
+    "  EDM weighting of the term": ("ambient", False, {"weighting": "edm"}, {}),
+    "  weight 10": ("ambient", False, {"weight": 10.0}, {}),
+    "  fraction 0.5": ("ambient", False, {"fraction": 0.5}, {}),
     "  teacher_grad, two backward": ("ambient", False, {"teacher_grad": True,
-                                                       "single_backward": False}),
+                                                       "single_backward": False}, {}),
 }
 MAIN = list(VARIANTS)[:4]
 
 
 def run_variant(name: str, sigma_n: float, steps: int, root: Path) -> dict[str, object]:
-    method, clean, overrides = VARIANTS[name]
+    method, clean, overrides, objective = VARIANTS[name]
     cfg = default_train_config("gmm")
+    for key, value in objective.items():
+        setattr(cfg.objective, key, value)
     cfg.engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps)
     cfg.objective.method = method
     cfg.objective.consistency = replace(DEFAULT_CONSISTENCY, **(overrides or {}))
@@ -62,7 +75,7 @@ def run_variant(name: str, sigma_n: float, steps: int, root: Path) -> dict[str, 
     gmm, _ = parse_gmm_spec(GMM)
     levels = [sigma_n / 4, sigma_n / 2, sigma_n, 2 * sigma_n]
     excess = excess_denoising_error(denoiser, gmm, levels, generator=torch.Generator().manual_seed(5))
-    row: dict[str, object] = {"variant": name, "sigma_n": sigma_n, "sec_per_step": seconds / steps}
+    row: dict[str, object] = {"variant": name, "sigma_n": sigma_n, "ms/step": 1e3 * seconds / steps}
     for lvl, label in zip(levels, ["sn/4", "sn/2", "sn", "2sn"], strict=True):
         row[f"excess@{label}"] = excess[lvl]
     config = {**config, "sigma_n": {"max": sigma_n}}
@@ -78,7 +91,7 @@ def run_variant(name: str, sigma_n: float, steps: int, root: Path) -> dict[str, 
 
 def to_markdown(rows: list[dict[str, object]]) -> str:
     cols = ["variant", "sigma_n", "excess@sn/4", "excess@sn/2", "excess@sn", "excess@2sn",
-            "cov_err", "width", "step_ratio"]
+            "cov_err", "width", "ms/step"]
     lines = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
     for r in rows:
         cells = []
@@ -92,42 +105,58 @@ def to_markdown(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(rows: list[dict[str, object]], steps: int, seconds: float, out: Path, quick: bool) -> str:
-    base = {r["sigma_n"]: r["sec_per_step"] for r in rows if str(r["variant"]).startswith("oracle")}
-    for r in rows:
-        if r["sigma_n"] in base:
-            r["step_ratio"] = r["sec_per_step"] / base[r["sigma_n"]]
+def write(rows: list[dict[str, object]], steps: int, out: Path, quick: bool) -> str:
+    order = {(name, sn): i for i, (name, sn) in enumerate(plan_for(quick))}
+    rows = sorted(rows, key=lambda r: order.get((r["variant"], r["sigma_n"]), len(order)))
+    total = sum(float(r["seconds"]) for r in rows)
     text = (f"Gaussian mixture ({GMM}), MLP 128x3, {steps} steps of batch 512 per variant, "
-            f"EMA weights, 40-step Heun sampling, 4096 fresh draws per level. "
-            f"Excess error: 0 = exact; width: std of samples' components / true (1 = right). "
-            f"step_ratio: wall time per training step / the oracle's DSM step (same run, "
-            f"noisy machine). {len(rows)} runs, {seconds:.0f} s.\n\n"
-            f"Rerun: `python benchmarks/consistency_ablation.py{' --quick' if quick else ''}`\n\n"
-            + to_markdown(rows))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+            f"EMA weights, 40-step Heun sampling, 4096 fresh draws per level; one seed each. "
+            f"Excess error: 0 = exact. width: std of the samples' components / the truth "
+            f"(1 = right, 3.16 = the law of x at sigma_n = 0.3). ms/step is wall time on a "
+            f"shared machine (2 runs in parallel): use benchmarks/step_cost.py for cost ratios. "
+            f"{len(rows)} runs, {total:.0f} s of training + evaluation.\n\n"
+            f"Rerun: `python benchmarks/consistency_ablation.py{' --quick' if quick else ''}` "
+            f"(or in 2 processes: `--shard 0/2` and `--shard 1/2`).\n\n" + to_markdown(rows))
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
     return text
+
+
+def plan_for(quick: bool) -> list[tuple[str, float]]:
+    if quick:
+        return [(v, 0.3) for v in MAIN]
+    return ([(v, 0.3) for v in MAIN] + [(v, 0.6) for v in MAIN]
+            + [(v, 0.3) for v in VARIANTS if v not in MAIN])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--shard", default="0/1", help="K/N: run every N-th variant from K")
     parser.add_argument("--out", default="benchmarks/results/consistency.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     steps = args.steps or (200 if args.quick else 1500)
-    plan = [(v, 0.3) for v in MAIN] + [(v, 0.6) for v in MAIN] + [(v, 0.3) for v in VARIANTS
-                                                                   if v not in MAIN]
-    if args.quick:
-        plan = [(v, 0.3) for v in MAIN]
-    rows: list[dict[str, object]] = []
-    t0 = time.time()
+    k, n = (int(p) for p in args.shard.split("/"))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mine = out.with_suffix(f".shard{k}.jsonl")
+    for stale in out.parent.glob(out.stem + ".shard*.jsonl"):
+        if n == 1 or stale == mine:
+            stale.unlink()
     with tempfile.TemporaryDirectory() as tmp:
-        for name, sigma_n in plan:  # the page is rewritten after every run
-            rows.append(run_variant(name, sigma_n, steps, Path(tmp)))
-            print(json.dumps(rows[-1]), flush=True)
-            text = write(rows, steps, time.time() - t0, Path(args.out), args.quick)
+        for name, sigma_n in plan_for(args.quick)[k::n]:  # the page is rewritten after every run
+            start = time.time()
+            row = run_variant(name, sigma_n, steps, Path(tmp))
+            row["seconds"] = time.time() - start
+            print(json.dumps(row), flush=True)
+            with mine.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            rows = [json.loads(line) for shard in sorted(out.parent.glob(out.stem + ".shard*.jsonl"))
+                    for line in shard.read_text(encoding="utf-8").splitlines() if line]
+            text = write(rows, steps, out, args.quick)
     print(text)
 
 

@@ -18,14 +18,17 @@ from pathlib import Path
 import torch
 
 from ambient.data.digits import load_digits
-from ambient.defaults import DEFAULT_CONSISTENCY
+from ambient.defaults import DEFAULT_CONSISTENCY, DEFAULT_WEIGHT_CAP
 from ambient.nets import build_denoiser
-from ambient.objective import ObjectiveConfig, training_loss
+from ambient.objective import ConsistencyConfig, ObjectiveConfig, training_loss
 
 OBJECTIVES = {
     "DSM": ObjectiveConfig(method="dsm"),
-    "ambient": ObjectiveConfig(),
-    "ambient + consistency (default)": ObjectiveConfig(consistency=DEFAULT_CONSISTENCY),
+    "ambient": ObjectiveConfig(weight_cap=DEFAULT_WEIGHT_CAP),
+    "ambient + consistency (default)": ObjectiveConfig(weight_cap=DEFAULT_WEIGHT_CAP,
+                                                       consistency=DEFAULT_CONSISTENCY),
+    "ambient + consistency (data start, chain 4, 5% steps)": ObjectiveConfig(
+        consistency=ConsistencyConfig(weight=1.0, start="data", chain_steps=4, step=0.05)),
     "SURE": ObjectiveConfig(method="sure"),
 }
 
@@ -60,9 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lines = [f"Digits (8x8) at sigma_n = 0.2, batch {args.batch}, median of {args.rounds} "
-             f"interleaved rounds, {args.threads} CPU threads. Consistency default: "
-             f"fraction {DEFAULT_CONSISTENCY.fraction}, chain_steps {DEFAULT_CONSISTENCY.chain_steps}, "
-             f"single_backward {DEFAULT_CONSISTENCY.single_backward}.", "",
+             f"interleaved rounds, {args.threads} CPU threads. Consistency default: {DEFAULT_CONSISTENCY}.",
+             "",
              "Rerun: `python benchmarks/step_cost.py`", "",
              "| network | objective | ms / step | ratio to DSM | images / s |",
              "|---|---|---:|---:|---:|"]

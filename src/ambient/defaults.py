@@ -12,8 +12,15 @@ from ambient.engine import EngineConfig
 from ambient.objective import ConsistencyConfig, ObjectiveConfig
 from ambient.train import TrainConfig
 
-DEFAULT_CONSISTENCY = ConsistencyConfig(weight=1.0, fraction=0.25, start="data", chain_steps=4,
-                                        target="step", step=0.05)
+# Chosen by benchmarks/consistency_ablation.py (see benchmarks/RESULTS.md): the teacher is the
+# ambient loss's own D(x, sigma) at sigma > sigma_n (trained exactly, shared, so it costs
+# nothing), and each draw follows 6 ancestral substeps of the model down to a level
+# log-uniform below sigma_n.
+DEFAULT_CONSISTENCY = ConsistencyConfig(weight=1.0, fraction=0.25, start="ambient", target="below",
+                                        substeps=6)
+# Ambient weighting lambda(sigma) * min(1/r^2, 10): learns D near sigma_n better than the
+# paper's lambda * r^2 (which vanishes as sigma -> sigma_n), same measurement.
+DEFAULT_WEIGHT_CAP = 10.0
 
 
 def default_train_config(data: str) -> TrainConfig:
@@ -26,5 +33,6 @@ def default_train_config(data: str) -> TrainConfig:
     elif data == "digits":
         engine = EngineConfig(steps=6000, batch_size=128, lr=1e-3, sample_every=1000)
         net = {"kind": "mlp", "hidden": 256, "depth": 4}
-    objective = ObjectiveConfig(consistency=ConsistencyConfig(**vars(DEFAULT_CONSISTENCY)))
+    objective = ObjectiveConfig(weight_cap=DEFAULT_WEIGHT_CAP,
+                                consistency=ConsistencyConfig(**vars(DEFAULT_CONSISTENCY)))
     return TrainConfig(engine=engine, objective=objective, net=net)

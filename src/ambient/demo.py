@@ -87,6 +87,6 @@ def run_demo(out: Path, quick: bool = False) -> Path:
                 "posterior means E[x0 | x_sigma_n].")
     report.heading("Denoising MSE on held-out clean digits (one step, per noise level)")
     report.text(format_table(denoising))
-    report.text(f"Total time: {time.time() - start:.0f} s. Rerun: `ambient demo --out {out}`"
-                + (" --quick" if quick else "") + ".")
+    rerun = f"ambient demo --out {out}" + (" --quick" if quick else "")
+    report.text(f"Total time: {time.time() - start:.0f} s. Rerun: `{rerun}`.")
     return report.write(out / "report.md")
