@@ -26,6 +26,7 @@ from ambient.data import parse_gmm_spec, resolve_dataset
 from ambient.defaults import DEFAULT_CONSISTENCY, default_train_config
 from ambient.evaluate.exactness import component_covariance_error, excess_denoising_error
 from ambient.generate import generate
+from ambient.objective import ObjectiveConfig
 from ambient.train import load_run, train
 
 GMM = "gmm:dim=2,components=6,n=16384,seed=0,scale=0.1,spread=1.0"
@@ -56,16 +57,21 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
 MAIN = list(VARIANTS)[:4]
 
 
-def run_variant(name: str, sigma_n: float, steps: int, root: Path) -> dict[str, object]:
-    method, clean, overrides, objective = VARIANTS[name]
-    cfg = default_train_config("gmm")
-    for key, value in objective.items():
-        setattr(cfg.objective, key, value)
-    cfg.engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps)
-    cfg.objective.method = method
-    cfg.objective.consistency = replace(DEFAULT_CONSISTENCY, **(overrides or {}))
+def variant_objective(name: str) -> ObjectiveConfig:
+    """The training objective of the variant ``name`` (also timed by step_cost.py)."""
+    method, _, overrides, objective = VARIANTS[name]
+    consistency = replace(DEFAULT_CONSISTENCY, **(overrides or {}))
     if overrides is None:
-        cfg.objective.consistency.weight = 0.0
+        consistency.weight = 0.0
+    return replace(default_train_config("gmm").objective, method=method, consistency=consistency,
+                   **objective)
+
+
+def run_variant(name: str, sigma_n: float, steps: int, root: Path) -> dict[str, object]:
+    clean = VARIANTS[name][1]
+    cfg = default_train_config("gmm")
+    cfg.engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps)
+    cfg.objective = variant_objective(name)
     dataset = resolve_dataset(GMM, 0.0 if clean else sigma_n, seed=0)
     run_dir = root / f"{sigma_n}_{len(list(root.iterdir()))}"
     start = time.perf_counter()

@@ -19,13 +19,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ambient.data import load_digits, resolve_dataset
-from ambient.defaults import default_train_config
+from ambient.defaults import default_train_config, defaults_summary
 from ambient.evaluate.features import DigitsFeatures
 from ambient.evaluate.frechet import frechet_distance
 from ambient.evaluate.report import Report
@@ -68,7 +68,7 @@ class RunResult:
     seconds: float  # training wall time
     frechet: dict[str, float]  # sampling mode -> Frechet distance to the held-out digits
     denoising: dict[float, float]  # level -> one-step denoising MSE on the held-out digits
-    grids: dict[str, Path] = field(default_factory=dict)  # sampling mode -> PNG of samples
+    grids: dict[str, Path]  # sampling mode -> PNG of samples
 
 
 def train_config(method: Method, steps: int, sigma_n: float) -> TrainConfig:
@@ -116,6 +116,7 @@ def data_references(sigmas: Sequence[float], figures: Path) -> tuple[dict[float,
 
 
 def level_column(sigma_n: float) -> str:
+    """The column (or caption) name of a training noise level."""
     return "clean data" if sigma_n == 0 else f"sigma_n={sigma_n:g}"
 
 
@@ -180,6 +181,7 @@ def claim_summary(results: Sequence[RunResult]) -> str:
     return "\n".join(lines)
 
 
+
 def write_report(results: Sequence[RunResult], references: tuple[dict[float, float],
                                                                  dict[float, Path]],
                  rerun: str, steps: int, num: int, seconds: float, out: Path) -> Path:
@@ -195,6 +197,7 @@ def write_report(results: Sequence[RunResult], references: tuple[dict[float, flo
                 f"for {steps} steps; EMA weights are evaluated. Samples: {num} per model and "
                 f"mode, {SAMPLER_STEPS}-level Heun from sigma_max = 80; full sampling runs to 0, "
                 f"truncated sampling stops at sigma_n and outputs D(x, sigma_n).")
+    report.text(defaults_summary())
     report.heading("Frechet distance to the held-out clean digits (digits features; lower is "
                    "better)")
     columns = ["method", "sampling", *(level_column(s) for s in sorted(frechet))]

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ambient.data import NoisyDataset, corrupt_once, load_digits
-from ambient.defaults import default_train_config
+from ambient.defaults import default_train_config, defaults_summary
 from ambient.evaluate.features import DigitsFeatures, PixelFeatures
 from ambient.evaluate.frechet import frechet_distance
 from ambient.evaluate.memorization import (
@@ -83,11 +83,12 @@ def against(images: Tensor, reference: Tensor) -> MemorizationResult:
     return MemorizationResult(samples=images, sims=sims, nearest=nearest)
 
 
-def label_of(sigma_n: float) -> str:
-    """The name of the model trained at ``sigma_n`` (0: on the clean images)."""
+def label_of(sigma_n: float, short: bool = False) -> str:
+    """The name of the model trained at ``sigma_n`` (0: on the clean images); ``short`` for
+    figure legends."""
     if sigma_n == 0:
-        return "clean-trained (DSM on the clean images)"
-    return f"noisy-trained (ambient + consistency), sigma_n={sigma_n:g}"
+        return "clean-trained" if short else "clean-trained (DSM on the clean images)"
+    return f"noisy-trained{'' if short else ' (ambient + consistency)'}, sigma_n={sigma_n:g}"
 
 
 def train_model(clean: Tensor, sigma_n: float, steps: int, run_dir: Path) -> tuple[Denoiser,
@@ -221,47 +222,47 @@ def verdicts(results: Sequence[ModelResult], baseline: float) -> str:
     return "\n".join(lines)
 
 
-def figures(results: Sequence[ModelResult], clean: Tensor, folder: Path) -> list[tuple[Path,
-                                                                                       str]]:
-    """Similarity histograms and nearest-pair grids; returns (path, caption) pairs."""
-    heldout = heldout_baseline(load_digits("test"), clean, EMBED, center=True).sims
+def histograms(results: Sequence[ModelResult], clean: Tensor,
+               folder: Path) -> list[tuple[Path, str]]:
+    """Similarity histograms of both attacks (vs the clean images, with the held-out baseline)
+    and of the noisy-trained models vs their noisy images; (path, caption) pairs."""
+    heldout = {"held-out digits": heldout_baseline(load_digits("test"), clean, EMBED,
+                                                   center=True).sims}
     start = SIGMA_STARTS[0]
-    out = [
-        (plot_similarity_histograms({"held-out digits": heldout,
-                                     **{r.label: r.unconditional.sims for r in results}},
-                                    folder / "hist_unconditional.png",
-                                    title="Unconditional samples vs the clean training images"),
-         "unconditional samples: similarity to the nearest clean training image"),
-        (plot_similarity_histograms({"held-out digits": heldout,
-                                     **{r.label: r.posterior[start].sims for r in results}},
-                                    folder / "hist_posterior.png",
-                                    title=f"Posterior attack (sigma_start={start:g}) vs the "
-                                          "clean training images"),
-         f"posterior attack from sigma_start={start:g}: similarity to the nearest clean "
-         "training image"),
-    ]
-    noisy = {f"{r.label} vs its noisy training set": r.vs_noisy["unconditional"].sims
+    noisy = {label_of(r.sigma_n, True): r.vs_noisy["unconditional"].sims
              for r in results if r.vs_noisy}
-    if noisy:
-        out.append((plot_similarity_histograms(noisy, folder / "hist_noisy_training_set.png",
-                                               title="Unconditional samples vs the noisy "
-                                                     "training images"),
-                    "noisy-trained models: unconditional samples against the noisy images they "
-                    "were trained on"))
+    specs = [
+        ("hist_unconditional.png", "Unconditional samples vs the clean training images",
+         {**heldout, **{label_of(r.sigma_n, True): r.unconditional.sims for r in results}}),
+        ("hist_posterior.png", f"Posterior attack (sigma_start={start:g}) vs the clean "
+                               "training images",
+         {**heldout, **{label_of(r.sigma_n, True): r.posterior[start].sims for r in results}}),
+        ("hist_noisy_training_set.png", "Noisy-trained models: unconditional samples vs the "
+                                        "noisy training images", noisy),
+    ]
+    return [(plot_similarity_histograms(sims, folder / name, title=title), title)
+            for name, title, sims in specs if sims]
+
+
+def pair_grids(results: Sequence[ModelResult], clean: Tensor,
+               folder: Path) -> list[tuple[Path, str]]:
+    """The most similar unconditional samples next to their nearest clean training images (and
+    nearest noisy ones for noisy-trained models); (path, caption) pairs."""
+    out = []
     for r in results:
-        name = f"sigma{r.sigma_n:g}"
         u = r.unconditional
-        out.append((plot_nearest_pairs(u.samples, clean, u.nearest,
-                                       folder / f"pairs_{name}_clean.png", sims=u.sims),
+        path = folder / f"pairs_sigma{r.sigma_n:g}_clean.png"
+        out.append((plot_nearest_pairs(u.samples, clean, u.nearest, path, sims=u.sims),
                     f"{r.label}: the most similar unconditional samples and their nearest "
                     "clean training images"))
         if r.vs_noisy:
             v = r.vs_noisy["unconditional"]
-            out.append((plot_nearest_pairs(v.samples, noisy_copy(clean, r.sigma_n),
-                                           v.nearest, folder / f"pairs_{name}_noisy.png",
-                                           sims=v.sims),
+            path = folder / f"pairs_sigma{r.sigma_n:g}_noisy.png"
+            out.append((plot_nearest_pairs(v.samples, noisy_copy(clean, r.sigma_n), v.nearest,
+                                           path, sims=v.sims),
                         f"{r.label}: the same samples and their nearest noisy training images"))
     return out
+
 
 
 def write_report(results: Sequence[ModelResult], clean: Tensor, sigmas: Sequence[float],
@@ -279,6 +280,7 @@ def write_report(results: Sequence[ModelResult], clean: Tensor, sigmas: Sequence
                 "centred pixels (the clean training mean subtracted) to the nearest clean "
                 "training image; 'nearest_is_source': the nearest training image is the one the "
                 "attack started from.")
+    report.text(defaults_summary())
     report.text(choices(clean, sigmas))
     report.heading("Copies of the clean training images")
     report.table(main_rows(results, clean, sigmas),
@@ -290,14 +292,19 @@ def write_report(results: Sequence[ModelResult], clean: Tensor, sigmas: Sequence
     report.table(sweep_rows(results))
     report.heading("Noisy-trained models against their noisy training images")
     report.text("What a noisy-trained model saw are the noisy images; the table compares the "
-                "same outputs with them (held-out digits corrupted alike give the baseline).")
+                "same outputs with them (held-out digits corrupted alike give the baseline). A "
+                "model that memorises its noisy data learns, above sigma_n, the law of those "
+                "noisy images blurred further, so its reverse process ends on them (consistency "
+                "keeps it there below sigma_n): it can copy what it saw, noise included, but "
+                "not the clean images behind it.")
     report.table(noisy_rows(results, clean),
                  ["model", "test", "mean_similarity", "above_0.9", "above_0.95"])
     report.heading("Sample quality and training time")
     report.table([{"model": r.label, "frechet (digits features, vs held-out)": r.frechet,
                    "train s": r.seconds} for r in results])
     report.heading("Figures")
-    for path, caption in figures(results, clean, out.with_suffix("")):
+    folder = out.with_suffix("")
+    for path, caption in histograms(results, clean, folder) + pair_grids(results, clean, folder):
         report.image(path, caption)
     return report.write(out, html=False)
 

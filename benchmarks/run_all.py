@@ -1,22 +1,73 @@
 """Run every benchmark and assemble benchmarks/RESULTS.md from their outputs.
 
-    python benchmarks/run_all.py              # all benchmarks (about 30 min on 2 CPU cores)
-    python benchmarks/run_all.py --quick      # smoke versions (minutes)
+    python benchmarks/run_all.py              # all benchmarks (about 45 min on 2 CPU cores)
+    python benchmarks/run_all.py --quick      # smoke versions into a temp folder (minutes)
     python benchmarks/run_all.py --assemble   # only rebuild RESULTS.md from benchmarks/results/
+
+The single-threaded training benchmarks run two at a time (one per core); the step-cost
+benchmark, which times steps on 2 threads, runs alone after them.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SECTIONS = [  # (results file, title, script)
-    ("step_cost.md", "Training-step cost (issue: training engine)", "step_cost.py"),
-    ("consistency.md", "Gaussian-mixture exactness and consistency ablation", "consistency_ablation.py"),
+RESULTS = HERE / "results"
+SECTIONS = [  # (results file, title)
+    ("step_cost.md", "Training-step cost of every objective and consistency option"),
+    ("consistency.md", "Gaussian-mixture exactness and consistency ablation"),
+    ("digits.md", "Digits: sample quality (Frechet distance) and the denoising table"),
+    ("memorization.md", "Memorization: clean-trained vs noisy-trained"),
 ]
+PARALLEL_JOBS = [  # single-threaded scripts with their arguments
+    ["consistency_ablation.py", "--shard", "0/2"],
+    ["consistency_ablation.py", "--shard", "1/2"],
+    ["digits_benchmark.py"],
+    ["memorization_benchmark.py"],
+]
+
+
+def run(job: list[str], quick: bool, results: Path) -> None:
+    """Run ``benchmarks/JOB[0] JOB[1:]`` writing its page into ``results`` (``--quick``: the
+    smoke version, except for step_cost.py which has none)."""
+    page = {"consistency_ablation.py": "consistency.md", "digits_benchmark.py": "digits.md",
+            "memorization_benchmark.py": "memorization.md", "step_cost.py": "step_cost.md"}
+    cmd = [sys.executable, str(HERE / job[0]), *job[1:], "--out", str(results / page[job[0]])]
+    if quick and job[0] != "step_cost.py":
+        cmd.append("--quick")
+    subprocess.run(cmd, check=True)
+
+
+def assemble(results: Path, out: Path) -> Path:
+    """Write ``out`` from the pages in ``results`` (image links made relative to ``out``)."""
+    timing = results / "run_all_seconds.txt"
+    parts = ["# Benchmark results", "",
+             "Every table below is written by the script named under it; rebuild this page with "
+             "`python benchmarks/run_all.py` (or `--assemble` to only collect the outputs in "
+             "benchmarks/results/). Figures are from runs on a shared 2-core CPU machine, no GPU."]
+    if timing.exists():
+        minutes = float(timing.read_text(encoding="utf-8")) / 60
+        parts.append(f"The last full `python benchmarks/run_all.py` took {minutes:.0f} min.")
+    parts.append("")
+    prefix = results.resolve().relative_to(out.parent.resolve()).as_posix()
+    for name, title in SECTIONS:
+        path = results / name
+        text = (path.read_text(encoding="utf-8") if path.exists()
+                else f"(not run yet: {path} is missing)")
+        text = re.sub(r"^#+ .*\n", "", text, count=1)  # the page's own title
+        text = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M)  # its headings one level down
+        text = re.sub(r"(!\[[^\]]*\]\()(?!https?:|/)", rf"\1{prefix}/", text)
+        parts += [f"## {title}", "", text, ""]
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out
 
 
 def main() -> None:
@@ -24,22 +75,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--assemble", action="store_true")
     args = parser.parse_args()
+    results, out = RESULTS, HERE / "RESULTS.md"
+    if args.quick:  # never overwrite the committed results with smoke figures
+        results = Path(tempfile.mkdtemp(prefix="ambient_bench_"))
+        out = results.parent / (results.name + "_RESULTS.md")
     if not args.assemble:
-        for _, _, script in SECTIONS:
-            cmd = [sys.executable, str(HERE / script)]
-            if args.quick and script != "step_cost.py":
-                cmd.append("--quick")
-            subprocess.run(cmd, check=True)
-    parts = ["# Benchmark results", "",
-             "Every table below is written by the script named under it; rebuild this page with "
-             "`python benchmarks/run_all.py` (or `--assemble` to only collect the outputs in "
-             "benchmarks/results/). Figures are from one run on a shared 2-core CPU machine.", ""]
-    for name, title, _ in SECTIONS:
-        path = HERE / "results" / name
-        parts += [f"## {title}", "", path.read_text(encoding="utf-8") if path.exists()
-                  else f"(not run yet: {path} is missing)", ""]
-    (HERE / "RESULTS.md").write_text("\n".join(parts), encoding="utf-8")
-    print(f"wrote {HERE / 'RESULTS.md'}")
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(lambda job: run(job, args.quick, results), PARALLEL_JOBS))
+        run(["step_cost.py", *(["--rounds", "5"] if args.quick else [])], args.quick, results)
+        (results / "run_all_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n",
+                                                     encoding="utf-8")
+    print(f"wrote {assemble(results, out)}")
 
 
 if __name__ == "__main__":

@@ -20,16 +20,15 @@ import torch
 from ambient.data.digits import load_digits
 from ambient.defaults import DEFAULT_CONSISTENCY, DEFAULT_WEIGHT_CAP
 from ambient.nets import build_denoiser
-from ambient.objective import ConsistencyConfig, ObjectiveConfig, training_loss
+from ambient.objective import ObjectiveConfig, training_loss
+from consistency_ablation import VARIANTS, variant_objective
 
-OBJECTIVES = {
+OBJECTIVES = {  # the plain objectives, then every option of the consistency ablation
     "DSM": ObjectiveConfig(method="dsm"),
     "ambient": ObjectiveConfig(weight_cap=DEFAULT_WEIGHT_CAP),
-    "ambient + consistency (default)": ObjectiveConfig(weight_cap=DEFAULT_WEIGHT_CAP,
-                                                       consistency=DEFAULT_CONSISTENCY),
-    "ambient + consistency (data start, chain 4, 5% steps)": ObjectiveConfig(
-        consistency=ConsistencyConfig(weight=1.0, start="data", chain_steps=4, step=0.05)),
     "SURE": ObjectiveConfig(method="sure"),
+    **{name.strip(): variant_objective(name) for name, (method, _, overrides, _) in VARIANTS.items()
+       if method == "ambient" and overrides is not None},
 }
 
 

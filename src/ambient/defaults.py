@@ -36,3 +36,11 @@ def default_train_config(data: str) -> TrainConfig:
     objective = ObjectiveConfig(weight_cap=DEFAULT_WEIGHT_CAP,
                                 consistency=ConsistencyConfig(**vars(DEFAULT_CONSISTENCY)))
     return TrainConfig(engine=engine, objective=objective, net=net)
+
+
+def defaults_summary() -> str:
+    """One line naming the objective settings of the defaults (for benchmark pages)."""
+    objective = default_train_config("digits").objective
+    consistency = ", ".join(f"{k}={v}" for k, v in vars(objective.consistency).items())
+    return (f"Objective defaults used: ambient weight_cap={objective.weight_cap:g}; "
+            f"consistency: {consistency}.")
