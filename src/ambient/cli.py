@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="noisy digits -> two models -> report (about 10 min on CPU)")
+    p = sub.add_parser("demo", help="noisy digits -> two models -> report (about 5 min on CPU)")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--quick", action="store_true", help="a 1-minute smoke version")
     p.set_defaults(func=cmd_demo)

@@ -81,10 +81,12 @@ def run_demo(out: Path, quick: bool = False) -> Path:
 
     report.heading("Sample quality")
     report.table(rows, ["model", "sampling", "frechet"])
-    report.text("Full sampling runs the reverse process to sigma = 0 and needs a model exact "
-                "below sigma_n (consistency); truncated sampling stops at sigma_n and outputs "
-                "D(x, sigma_n), the no-consistency baseline, whose samples are the blurry "
-                "posterior means E[x0 | x_sigma_n].")
+    report.text("Full sampling runs the reverse process to sigma = 0, through levels below "
+                "sigma_n where only the consistency loss trains the model (without it the "
+                "network extrapolates from above sigma_n). Truncated sampling stops at sigma_n "
+                "and outputs D(x, sigma_n): draws of the posterior means E[x0 | x_sigma_n], "
+                "smoother than the data. benchmarks/RESULTS.md compares these on digits and on "
+                "Gaussian mixtures, where the exact answer is known.")
     report.heading("Denoising MSE on held-out clean digits (one step, per noise level)")
     report.text(format_table(denoising))
     rerun = f"ambient demo --out {out}" + (" --quick" if quick else "")

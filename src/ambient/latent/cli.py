@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ambient.defaults import DEFAULT_CONSISTENCY
 from ambient.errors import AmbientError
-from ambient.objective import ConsistencyConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -166,7 +166,7 @@ def _finetune(args: argparse.Namespace) -> int:
                      checkpoint_every=args.checkpoint_every, seed=args.seed)
     consistency = None
     if args.consistency_weight is not None:
-        consistency = ConsistencyConfig(weight=args.consistency_weight)
+        consistency = replace(DEFAULT_CONSISTENCY, weight=args.consistency_weight)
     cfg = FinetuneConfig(pretrained=args.pretrained, data=args.data, out=args.out, t_n=args.t_n,
                          prompt=args.prompt, caption_column=args.caption_column,
                          resolution=args.resolution, rank=args.rank, consistency=consistency,

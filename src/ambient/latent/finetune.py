@@ -17,13 +17,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from ambient import checkpoint as ck
+from ambient.defaults import DEFAULT_CONSISTENCY
 from ambient.engine import EngineConfig, run_training
 from ambient.errors import AmbientError
 from ambient.latent.adapter import UNetConditioning, UNetDenoiser
@@ -69,14 +70,15 @@ class FinetuneConfig:
     resolution: int = 1024  # square training resolution in pixels (shorter side resized, centre crop)
     rank: int = 4  # LoRA rank (lora_alpha = rank)
     target_modules: tuple[str, ...] = ATTENTION_PROJECTIONS  # UNet modules that get adapters
-    consistency: ConsistencyConfig | None = None  # None: defaults, weight paper_consistency_weight(t_n)
+    consistency: ConsistencyConfig | None = None  # None: the default, paper weight
     noise_seed: int = 0  # image i is noised with seed noise_seed + i
     gradient_checkpointing: bool = False  # trade compute for memory in the UNet
     encode_batch_size: int = 8  # images per VAE / text-encoder call when building the cache
     engine: EngineConfig = field(default_factory=paper_engine_config)
 
     def consistency_config(self) -> ConsistencyConfig:
-        return self.consistency or ConsistencyConfig(weight=paper_consistency_weight(self.t_n))
+        """The consistency settings: as given, else the pixel default with the paper's weight."""
+        return self.consistency or replace(DEFAULT_CONSISTENCY, weight=paper_consistency_weight(self.t_n))
 
 
 def _check(cfg: FinetuneConfig, model: LatentModel) -> None:
