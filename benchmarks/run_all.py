@@ -24,6 +24,7 @@ RESULTS = HERE / "results"
 SECTIONS = [  # (results file, title)
     ("step_cost.md", "Training-step cost of every objective and consistency option"),
     ("consistency.md", "Gaussian-mixture exactness and consistency ablation"),
+    ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n"),
     ("digits.md", "Digits: sample quality (Frechet distance) and the denoising table"),
     ("memorization.md", "Memorization: clean-trained vs noisy-trained"),
 ]
@@ -31,6 +32,7 @@ PARALLEL_JOBS = [  # single-threaded scripts with their arguments
     ["consistency_ablation.py", "--shard", "0/2"],
     ["consistency_ablation.py", "--shard", "1/2"],
     ["digits_benchmark.py"],
+    ["consistency_exact_teacher.py"],
     ["memorization_benchmark.py"],
 ]
 
@@ -39,7 +41,8 @@ def run(job: list[str], quick: bool, results: Path) -> None:
     """Run ``benchmarks/JOB[0] JOB[1:]`` writing its page into ``results`` (``--quick``: the
     smoke version, except for step_cost.py which has none)."""
     page = {"consistency_ablation.py": "consistency.md", "digits_benchmark.py": "digits.md",
-            "memorization_benchmark.py": "memorization.md", "step_cost.py": "step_cost.md"}
+            "memorization_benchmark.py": "memorization.md", "step_cost.py": "step_cost.md",
+            "consistency_exact_teacher.py": "exact_teacher.md"}
     cmd = [sys.executable, str(HERE / job[0]), *job[1:], "--out", str(results / page[job[0]])]
     if quick and job[0] != "step_cost.py":
         cmd.append("--quick")

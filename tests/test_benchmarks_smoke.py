@@ -1,5 +1,5 @@
-"""Smoke runs of the digits and memorization benchmarks (tiny budgets, into tmp_path): each
-writes its results page with the expected rows and figures."""
+"""Smoke runs of the digits, memorization and exact-teacher benchmarks (tiny budgets, into
+tmp_path): each writes its results page with the expected rows and figures."""
 
 from __future__ import annotations
 
@@ -53,3 +53,12 @@ def test_memorization_benchmark_quick(tmp_path: Path, monkeypatch: pytest.Monkey
     pngs = {p.name for p in (tmp_path / "memorization").glob("*.png")}
     assert {"hist_unconditional.png", "hist_posterior.png", "hist_noisy_training_set.png",
             "pairs_sigma0_clean.png", "pairs_sigma0.4_noisy.png"} <= pngs
+
+
+def test_exact_teacher_benchmark_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = load_benchmark("consistency_exact_teacher", monkeypatch)
+    out = bench.main(["--quick", "--out", str(tmp_path / "exact_teacher.md")])
+    text = out.read_text(encoding="utf-8")
+    assert "Rerun: `python benchmarks/consistency_exact_teacher.py --quick`" in text
+    assert "| learned | 0.3 | 100 |" in text and "| exact teacher | 0.3 | 100 |" in text
+    assert "| <= 1.25 sigma_n | 20 |" in text
