@@ -21,15 +21,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-from ambient.data import parse_gmm_spec, resolve_dataset
+from ambient.data import GaussianMixture, parse_gmm_spec, resolve_dataset
 from ambient.defaults import DEFAULT_CONSISTENCY, default_train_config
-from ambient.evaluate.exactness import component_covariance_error, excess_denoising_error
+from ambient.evaluate.exactness import (
+    component_covariance_error,
+    excess_denoising_error,
+    sliced_wasserstein,
+    sw_noise_floor,
+)
 from ambient.generate import generate
 from ambient.objective import ObjectiveConfig
 from ambient.train import load_run, train
 
 GMM = "gmm:dim=2,components=6,n=16384,seed=0,scale=0.1,spread=1.0"
+SAMPLES = 4000  # samples per model for the covariance error and the sliced Wasserstein distance
 DATA_SMALL_STEPS = {"start": "data", "chain_steps": 4, "target": "step", "step": 0.05,
                     "substeps": 1}
 VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or None = off,
@@ -55,6 +62,7 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
                                                        "single_backward": False}, {}),
 }
 MAIN = list(VARIANTS)[:4]
+SIGMAS = (0.3, 0.6, 0.15)  # data noise levels for the main methods (the options: the first)
 
 
 def variant_objective(name: str) -> ObjectiveConfig:
@@ -85,19 +93,24 @@ def run_variant(name: str, sigma_n: float, steps: int, root: Path) -> dict[str, 
     for lvl, label in zip(levels, ["sn/4", "sn/2", "sn", "2sn"], strict=True):
         row[f"excess@{label}"] = excess[lvl]
     config = {**config, "sigma_n": {"max": sigma_n}}
-    drawn = generate(denoiser, config, 4000, steps=40, seed=6)
-    cov = component_covariance_error(drawn, gmm)
-    row["cov_err"], row["width"] = cov.error, cov.width_ratio
-    if name == "ambient, no consistency":
-        cov_t = component_covariance_error(generate(denoiser, config, 4000, steps=40, seed=6,
-                                                    truncate=True), gmm)
-        row["truncated_cov_err"], row["truncated_width"] = cov_t.error, cov_t.width_ratio
+    modes = {"": False, "truncated_": True} if name == "ambient, no consistency" else {"": False}
+    for prefix, truncate in modes.items():
+        drawn = generate(denoiser, config, SAMPLES, steps=40, seed=6, truncate=truncate)
+        cov = component_covariance_error(drawn, gmm)
+        row[prefix + "cov_err"], row[prefix + "width"] = cov.error, cov.width_ratio
+        row[prefix + "sw"] = sliced_wasserstein(drawn, fresh_draws(gmm),
+                                                generator=torch.Generator().manual_seed(8))
     return row
+
+
+def fresh_draws(gmm: GaussianMixture) -> Tensor:
+    """The fixed set of fresh p0 draws every model's samples are compared with."""
+    return gmm.sample(SAMPLES, generator=torch.Generator().manual_seed(7))
 
 
 def to_markdown(rows: list[dict[str, object]]) -> str:
     cols = ["variant", "sigma_n", "excess@sn/4", "excess@sn/2", "excess@sn", "excess@2sn",
-            "cov_err", "width", "ms/step"]
+            "cov_err", "width", "sw", "ms/step"]
     lines = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
     for r in rows:
         cells = []
@@ -106,21 +119,56 @@ def to_markdown(rows: list[dict[str, object]]) -> str:
             cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
         if "truncated_width" in r:
+            sw = f"{r['truncated_sw']:.3g}" if "truncated_sw" in r else ""
             lines.append(f"| ambient, no consistency, *truncated sampling* | {r['sigma_n']} | | | | | "
-                         f"{r['truncated_cov_err']:.3g} | {r['truncated_width']:.3g} | |")
+                         f"{r['truncated_cov_err']:.3g} | {r['truncated_width']:.3g} | {sw} | |")
     return "\n".join(lines) + "\n"
 
 
+def deconvolution_reference(sigma_n: float, seeds: int = 5) -> dict[str, object]:
+    """What the data allow at best: a method that knows the mixture's component labels and
+    Gaussian form estimates each component's covariance as the sample covariance of its noisy
+    points minus ``sigma_n^2 I`` (clipped to positive semi-definite), then is sampled and scored
+    like the models; mean over ``seeds`` draws of the training set."""
+    gmm, n = parse_gmm_spec(GMM)
+    err, width = 0.0, 0.0
+    for seed in range(seeds):
+        g = torch.Generator().manual_seed(100 + seed)
+        x, labels = gmm.sample(n, generator=g, return_labels=True)
+        y = x.double() + sigma_n * torch.randn(x.shape, generator=g, dtype=torch.float64)
+        means, covs = [], []
+        for k in range(gmm.num_components):
+            yk = y[labels == k]
+            eig, basis = torch.linalg.eigh(torch.cov(yk.T) - sigma_n**2 * torch.eye(gmm.dim,
+                                                                                 dtype=torch.float64))
+            means.append(yk.mean(0))
+            covs.append(basis @ torch.diag(eig.clamp_min(1e-8)) @ basis.T)
+        estimate = GaussianMixture(gmm.weights, torch.stack(means), torch.stack(covs))
+        cov = component_covariance_error(estimate.sample(SAMPLES, generator=g), gmm)
+        err, width = err + cov.error / seeds, width + cov.width_ratio / seeds
+    return {"variant": "reference: best case from the data (see above)", "sigma_n": sigma_n,
+            "cov_err": err, "width": width}
+
+
 def write(rows: list[dict[str, object]], steps: int, out: Path, quick: bool) -> str:
+    gmm, _ = parse_gmm_spec(GMM)
     order = {(name, sn): i for i, (name, sn) in enumerate(plan_for(quick))}
     rows = sorted(rows, key=lambda r: order.get((r["variant"], r["sigma_n"]), len(order)))
-    total = sum(float(r["seconds"]) for r in rows)
+    total, runs = sum(float(r["seconds"]) for r in rows), len(rows)
+    rows = [out_row for r in rows for out_row in
+            ([r, deconvolution_reference(float(r["sigma_n"]))] if r["variant"] == MAIN[0] else [r])]
     text = (f"Gaussian mixture ({GMM}), MLP 128x3, {steps} steps of batch 512 per variant, "
             f"EMA weights, 40-step Heun sampling, 4096 fresh draws per level; one seed each. "
             f"Excess error: 0 = exact. width: std of the samples' components / the truth "
-            f"(1 = right, 3.16 = the law of x at sigma_n = 0.3). ms/step is wall time on a "
+            f"(1 = right, 3.16 = the law of x at sigma_n = 0.3). sw: sliced Wasserstein-2 distance "
+            f"of {SAMPLES} samples to {SAMPLES} fresh draws of p0 (two fresh draws give "
+            f"{sw_noise_floor(gmm, SAMPLES, generator=torch.Generator().manual_seed(9)):.3g}, "
+            f"the noise floor). ms/step is wall time on a "
             f"shared machine (2 runs in parallel): use benchmarks/step_cost.py for cost ratios. "
-            f"{len(rows)} runs, {total:.0f} s of training + evaluation.\n\n"
+            f"{runs} runs, {total:.0f} s of training + evaluation. The 'best case' rows are a "
+            f"reference no method can be expected to beat (up to shrinkage): component labels "
+            f"and Gaussian form known, each component's noisy sample covariance minus "
+            f"sigma_n^2 I, sampled and scored like the models (mean of 5 training sets).\n\n"
             f"Rerun: `python benchmarks/consistency_ablation.py{' --quick' if quick else ''}` "
             f"(or in 2 processes: `--shard 0/2` and `--shard 1/2`).\n\n" + to_markdown(rows))
     tmp = out.with_suffix(".tmp")
@@ -129,11 +177,17 @@ def write(rows: list[dict[str, object]], steps: int, out: Path, quick: bool) -> 
     return text
 
 
+def read_rows(out: Path) -> list[dict[str, object]]:
+    """The results of every shard so far (``OUT.shardK.jsonl`` next to the page)."""
+    return [json.loads(line) for shard in sorted(out.parent.glob(out.stem + ".shard*.jsonl"))
+            for line in shard.read_text(encoding="utf-8").splitlines() if line]
+
+
 def plan_for(quick: bool) -> list[tuple[str, float]]:
     if quick:
-        return [(v, 0.3) for v in MAIN]
-    return ([(v, 0.3) for v in MAIN] + [(v, 0.6) for v in MAIN]
-            + [(v, 0.3) for v in VARIANTS if v not in MAIN])
+        return [(v, SIGMAS[0]) for v in MAIN]
+    return ([(v, sigma_n) for sigma_n in SIGMAS for v in MAIN]
+            + [(v, SIGMAS[0]) for v in VARIANTS if v not in MAIN])
 
 
 def main() -> None:
@@ -142,12 +196,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--shard", default="0/1", help="K/N: run every N-th variant from K")
     parser.add_argument("--out", default="benchmarks/results/consistency.md")
+    parser.add_argument("--assemble", action="store_true",
+                        help="only rewrite the page from the shards' .jsonl results")
     args = parser.parse_args()
     torch.set_num_threads(1)
     steps = args.steps or (200 if args.quick else 1500)
     k, n = (int(p) for p in args.shard.split("/"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.assemble:
+        print(write(read_rows(out), steps, out, args.quick))
+        return
     mine = out.with_suffix(f".shard{k}.jsonl")
     for stale in out.parent.glob(out.stem + ".shard*.jsonl"):
         if n == 1 or stale == mine:
@@ -160,9 +219,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             with mine.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-            rows = [json.loads(line) for shard in sorted(out.parent.glob(out.stem + ".shard*.jsonl"))
-                    for line in shard.read_text(encoding="utf-8").splitlines() if line]
-            text = write(rows, steps, out, args.quick)
+            text = write(read_rows(out), steps, out, args.quick)
     print(text)
 
 
