@@ -198,7 +198,9 @@ def consistency_loss(
     One substep is ``reverse_step(x, T, sigma -> sigma', eta = 1)``; more substeps make a
     large jump follow the model's own reverse process instead of one Gaussian step (whose law
     is concentrated on the posterior mean). Independence of the two draws keeps the estimator
-    unbiased for that chain's law.
+    unbiased for that chain's law; that law is the true transition only for a linear posterior
+    mean or small steps, so across a large jump with few substeps even the exact denoiser of a
+    mixture does not score 0 (``benchmarks/consistency_exact_teacher.py`` measures the bias).
 
     Signed: its mean is 0 exactly when ``D`` is consistent along the step. The draws are
     treated as data (no gradient through the sampling path). ``teacher`` reuses an evaluation
