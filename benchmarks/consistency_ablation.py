@@ -31,6 +31,7 @@ from ambient.evaluate.exactness import (
     sliced_wasserstein,
     sw_noise_floor,
 )
+from ambient.evaluate.plots import plot_excess_error
 from ambient.generate import generate
 from ambient.objective import ObjectiveConfig
 from ambient.train import load_run, train
@@ -170,10 +171,26 @@ def write(rows: list[dict[str, object]], steps: int, out: Path, quick: bool) -> 
             f"and Gaussian form known, each component's noisy sample covariance minus "
             f"sigma_n^2 I, sampled and scored like the models (mean of 5 training sets).\n\n"
             f"Rerun: `python benchmarks/consistency_ablation.py{' --quick' if quick else ''}` "
-            f"(or in 2 processes: `--shard 0/2` and `--shard 1/2`).\n\n" + to_markdown(rows))
+            f"(or in 2 processes: `--shard 0/2` and `--shard 1/2`).\n\n" + to_markdown(rows)
+            + excess_plots(rows, out.with_suffix("")))
     tmp = out.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
+    return text
+
+
+def excess_plots(rows: list[dict[str, object]], folder: Path) -> str:
+    """One excess-error-vs-sigma plot per sigma_n for the main methods; their markdown (paths
+    relative to the page)."""
+    labels = {"sn/4": 0.25, "sn/2": 0.5, "sn": 1.0, "2sn": 2.0}
+    text = ""
+    for sigma_n in sorted({float(r["sigma_n"]) for r in rows}):
+        curves = {str(r["variant"]): {f * sigma_n: float(r[f"excess@{k}"]) for k, f in labels.items()}
+                  for r in rows if r["variant"] in MAIN and r["sigma_n"] == sigma_n}
+        if curves:
+            path = plot_excess_error(curves, folder / f"excess_sigma{sigma_n:g}.png", sigma_n,
+                                     title=f"Excess denoising error, sigma_n = {sigma_n:g}")
+            text += f"\n![excess error vs sigma, sigma_n = {sigma_n:g}]({folder.name}/{path.name})\n"
     return text
 
 

@@ -46,6 +46,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     for label in ("| oracle (clean DSM) | 0.3 |", "| reference: best case from the data",
                   "*truncated sampling*", "| ambient + consistency (default) | 0.3 |"):
         assert label in consistency, label
+    assert (tmp_path / "consistency" / "excess_sigma0.3.png").exists()
 
     teacher = (tmp_path / "exact_teacher.md").read_text(encoding="utf-8")
     assert "| learned | 0.3 | 100 |" in teacher and "| exact teacher | 0.3 | 100 |" in teacher
