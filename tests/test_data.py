@@ -144,6 +144,21 @@ def test_image_folder_grayscale_stays_one_channel_and_16_bit(tmp_path):
     assert torch.allclose(x[0], -torch.ones(1, 4, 6)) and torch.allclose(x[1], torch.ones(1, 4, 6))
 
 
+def test_image_folder_applies_exif_orientation(sideways_jpeg):
+    Image.new("RGB", (4, 6), (255, 0, 0)).save(sideways_jpeg.parent / "upright.png")
+    x = load_image_folder(sideways_jpeg.parent)  # same size once turned: no mixed-size error
+    assert x.shape == (2, 3, 6, 4)
+
+
+def test_image_folder_float_tiff_is_named_and_skipped_or_refused(tmp_path):
+    Image.fromarray(np.ones((4, 6), np.float32)).save(tmp_path / "float.tiff")
+    _save_image(tmp_path / "ok.png")
+    with pytest.warns(UserWarning, match=r"skipped 1 of 2 .*float.tiff .*mode F"):
+        assert load_image_folder(tmp_path).shape[0] == 1
+    with pytest.raises(AmbientError, match=r"float.tiff: .*mode F.*save as .npy"):
+        load_image_folder(tmp_path, on_bad="error")
+
+
 def test_image_folder_skips_and_counts_truncated_and_non_images(tmp_path):
     for i in range(3):
         _save_image(tmp_path / f"good{i}.png")

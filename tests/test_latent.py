@@ -470,3 +470,8 @@ def test_cli(run, faces, tmp_path):
                               "--t-n", "100", "--out", str(tmp_path / "r")])
     with pytest.raises(AmbientError, match="not a diffusers Stable Diffusion layout"):
         args.func(args)
+
+
+def test_load_cropped_applies_exif_orientation(sideways_jpeg):
+    pixels, size, _ = load_cropped(sideways_jpeg, 4)
+    assert size == (6, 4) and pixels.shape == (3, 4, 4)

@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 from ambient.errors import AmbientError
@@ -81,10 +81,17 @@ def _list_files(folder: Path, recursive: bool) -> list[Path]:
     )
 
 
+def upright(img: Image.Image) -> Image.Image:
+    """The decoded image turned as its EXIF orientation tag says (phone photos store pixels
+    sideways and a tag to rotate them); images without the tag are returned as decoded."""
+    img.load()
+    return ImageOps.exif_transpose(img) or img
+
+
 def _read(file: Path) -> _Image:
     """Decode one file fully (so truncation is caught) into grayscale or RGB pixels."""
-    with Image.open(file, formats=FORMATS) as img:
-        img.load()
+    with Image.open(file, formats=FORMATS) as opened:
+        img = upright(opened)
         mode = img.mode
         if mode == "F":
             raise ValueError("32-bit float pixels (mode F) are not supported; save as .npy")

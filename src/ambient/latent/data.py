@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ambient.data.images import upright
 from ambient.errors import AmbientError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -89,7 +90,7 @@ def load_cropped(path: Path, resolution: int) -> tuple[Tensor, tuple[int, int], 
     (SDXL's micro-conditioning)."""
     try:
         with Image.open(path) as im:
-            image = im.convert("RGB")
+            image = upright(im).convert("RGB")
     except (OSError, ValueError) as err:
         raise AmbientError(f"{path}: not a readable image ({err}); remove or re-save it") from err
     w, h = image.size
