@@ -46,9 +46,15 @@ class ExactAbove(nn.Module):
         self.net, self.gmm, self.sigma_n = net, gmm, sigma_n
 
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """Each row evaluated once, by the analytic denoiser or by the network."""
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        above = (sigma > self.sigma_n).view(-1, *[1] * (x.ndim - 1))
-        return torch.where(above, self.gmm.denoiser(x, sigma), self.net(x, sigma))
+        above = sigma > self.sigma_n
+        out = torch.empty_like(x)
+        if above.any():
+            out[above] = self.gmm.denoiser(x[above], sigma[above]).to(x.dtype)
+        if not above.all():
+            out[~above] = self.net(x[~above], sigma[~above])
+        return out
 
 
 def mean_consistency(model: Denoiser, y: Tensor, sigma_n: Tensor, batches: int = 50) -> float:

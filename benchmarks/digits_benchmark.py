@@ -181,7 +181,6 @@ def claim_summary(results: Sequence[RunResult]) -> str:
     return "\n".join(lines)
 
 
-
 def write_report(results: Sequence[RunResult], references: tuple[dict[float, float],
                                                                  dict[float, Path]],
                  rerun: str, steps: int, num: int, seconds: float, out: Path) -> Path:

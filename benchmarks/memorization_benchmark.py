@@ -264,7 +264,6 @@ def pair_grids(results: Sequence[ModelResult], clean: Tensor,
     return out
 
 
-
 def write_report(results: Sequence[ModelResult], clean: Tensor, sigmas: Sequence[float],
                  rerun: str, steps: int, num: int, seconds: float, out: Path) -> Path:
     """Render ``out`` (markdown, images in the folder next to it) from the models so far."""

@@ -21,13 +21,17 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
-SECTIONS = [  # (results file, title)
-    ("step_cost.md", "Training-step cost of every objective and consistency option"),
-    ("consistency.md", "Gaussian-mixture exactness and consistency ablation"),
-    ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n"),
-    ("digits.md", "Digits: sample quality (Frechet distance) and the denoising table"),
-    ("memorization.md", "Memorization: clean-trained vs noisy-trained"),
+SECTIONS = [  # (results page, title, the script that writes it)
+    ("step_cost.md", "Training-step cost of every objective and consistency option", "step_cost.py"),
+    ("consistency.md", "Gaussian-mixture exactness and consistency ablation",
+     "consistency_ablation.py"),
+    ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
+     "consistency_exact_teacher.py"),
+    ("digits.md", "Digits: sample quality (Frechet distance) and the denoising table",
+     "digits_benchmark.py"),
+    ("memorization.md", "Memorization: clean-trained vs noisy-trained", "memorization_benchmark.py"),
 ]
+PAGE_OF = {script: page for page, _, script in SECTIONS}
 PARALLEL_JOBS = [  # single-threaded scripts with their arguments
     ["consistency_ablation.py", "--shard", "0/2"],
     ["consistency_ablation.py", "--shard", "1/2"],
@@ -40,12 +44,9 @@ PARALLEL_JOBS = [  # single-threaded scripts with their arguments
 def run(job: list[str], quick: bool, results: Path) -> None:
     """Run ``benchmarks/JOB[0] JOB[1:]`` writing its page into ``results`` (``--quick``: the
     smoke version, except for step_cost.py which has none)."""
-    page = {"consistency_ablation.py": "consistency.md", "digits_benchmark.py": "digits.md",
-            "memorization_benchmark.py": "memorization.md", "step_cost.py": "step_cost.md",
-            "consistency_exact_teacher.py": "exact_teacher.md"}
     cmd = [sys.executable, str(HERE / job[0]), *job[1:]]
     if results != RESULTS:
-        cmd += ["--out", str(results / page[job[0]])]
+        cmd += ["--out", str(results / PAGE_OF[job[0]])]
     if quick and job[0] != "step_cost.py":
         cmd.append("--quick")
     subprocess.run(cmd, check=True)
@@ -63,7 +64,7 @@ def assemble(results: Path, out: Path) -> Path:
         parts.append(f"The last full `python benchmarks/run_all.py` took {minutes:.0f} min.")
     parts.append("")
     prefix = results.resolve().relative_to(out.parent.resolve()).as_posix()
-    for name, title in SECTIONS:
+    for name, title, _ in SECTIONS:
         path = results / name
         text = (path.read_text(encoding="utf-8") if path.exists()
                 else f"(not run yet: {path} is missing)")

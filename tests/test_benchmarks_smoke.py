@@ -18,7 +18,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert out == tmp_path / "RESULTS.md"
     results = out.read_text(encoding="utf-8")
     assert "not run yet" not in results
-    for _, title in run_all.SECTIONS:
+    for _, title, _ in run_all.SECTIONS:
         assert f"## {title}" in results, title
     assert "](./digits/data_sigma0.png)" in results  # image links point into the results folder
 

@@ -85,7 +85,7 @@ def upright(img: Image.Image) -> Image.Image:
     """The decoded image turned as its EXIF orientation tag says (phone photos store pixels
     sideways and a tag to rotate them); images without the tag are returned as decoded."""
     img.load()
-    return ImageOps.exif_transpose(img) or img
+    return ImageOps.exif_transpose(img)
 
 
 def _read(file: Path) -> _Image:
