@@ -39,6 +39,7 @@ from ambient.train import load_run, train
 
 GMM = "gmm:dim=2,components=6,n=16384,seed=0,scale=0.1,spread=1.0"
 SAMPLES = 4000  # samples per model for the covariance error and the sliced Wasserstein distance
+PAIRS = {"start": "ambient", "target": "below", "substeps": 6}  # the two-draw estimator
 DATA_SMALL_STEPS = {"start": "data", "chain_steps": 4, "target": "step", "step": 0.05,
                     "substeps": 1}
 VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or None = off,
@@ -46,24 +47,30 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
     "oracle (clean DSM)": ("dsm", True, None, {}),
     "naive DSM on noisy": ("dsm", False, None, {}),
     "ambient, no consistency": ("ambient", False, None, {}),
-    "ambient + consistency (default)": ("ambient", False, {}, {}),
+    "ambient + consistency (default: own samples)": ("ambient", False, {}, {}),
+    "ambient + consistency, two draws (teacher at the ambient level, 6 substeps)": (
+        "ambient", False, PAIRS, {}),
     "ambient, no consistency, paper weighting (cap 1)": ("ambient", False, None,
                                                          {"weight_cap": 1.0}),
-    "  start at ambient level, one jump below (1 substep)": ("ambient", False, {"substeps": 1}, {}),
-    "  start at data, chain 4, small steps 5%": ("ambient", False, DATA_SMALL_STEPS, {}),
-    "  start at data, no chain, one jump below": ("ambient", False, {
+    "  own samples, 4 Heun steps": ("ambient", False, {"substeps": 4}, {}),
+    "  own samples, 12 Heun steps": ("ambient", False, {"substeps": 12}, {}),
+    "  own samples from 2 sigma_n": ("ambient", False, {"lift": 2.0}, {}),
+    "  own samples, fraction 0.5": ("ambient", False, {"fraction": 0.5}, {}),
+    "  two draws, one jump below (1 substep)": ("ambient", False, {**PAIRS, "substeps": 1}, {}),
+    "  two draws from data, chain 4, small steps 5%": ("ambient", False, DATA_SMALL_STEPS, {}),
+    "  two draws from data, no chain, one jump below": ("ambient", False, {
         **DATA_SMALL_STEPS, "chain_steps": 0, "target": "below"}, {}),
-    "  start at data, chain 4, jump below, 4 substeps": ("ambient", False, {
+    "  two draws from data, chain 4, jump below, 4 substeps": ("ambient", False, {
         **DATA_SMALL_STEPS, "target": "below", "substeps": 4}, {}),
-    "  start at data, chain 4, steps of 50%, 4 substeps": ("ambient", False, {
+    "  two draws from data, chain 4, steps of 50%, 4 substeps": ("ambient", False, {
         **DATA_SMALL_STEPS, "step": 0.5, "substeps": 4}, {}),
-    "  EDM weighting of the term": ("ambient", False, {"weighting": "edm"}, {}),
-    "  weight 10": ("ambient", False, {"weight": 10.0}, {}),
-    "  fraction 0.5": ("ambient", False, {"fraction": 0.5}, {}),
-    "  teacher_grad, two backward": ("ambient", False, {"teacher_grad": True,
-                                                       "single_backward": False}, {}),
+    "  two draws, EDM weighting of the term": ("ambient", False, {**PAIRS, "weighting": "edm"}, {}),
+    "  two draws, weight 10": ("ambient", False, {**PAIRS, "weight": 10.0}, {}),
+    "  two draws, fraction 0.5": ("ambient", False, {**PAIRS, "fraction": 0.5}, {}),
+    "  two draws, teacher_grad, two backward": ("ambient", False, {
+        **PAIRS, "teacher_grad": True, "single_backward": False}, {}),
 }
-MAIN = list(VARIANTS)[:4]
+MAIN = list(VARIANTS)[:5]
 SIGMAS = (0.3, 0.6, 0.15)  # data noise levels for the main methods (the options: the first)
 
 
@@ -95,7 +102,7 @@ def run_variant(name: str, sigma_n: float, steps: int, root: Path) -> dict[str, 
     for lvl, label in zip(levels, ["sn/4", "sn/2", "sn", "2sn"], strict=True):
         row[f"excess@{label}"] = excess[lvl]
     config = {**config, "sigma_n": {"max": sigma_n}}
-    modes = {"": False, "truncated_": True} if name == "ambient, no consistency" else {"": False}
+    modes = {"": False, "truncated_": True} if name == MAIN[2] else {"": False}
     for prefix, truncate in modes.items():
         drawn = generate(denoiser, config, SAMPLES, steps=40, seed=6, truncate=truncate)
         cov = component_covariance_error(drawn, gmm)

@@ -6,6 +6,8 @@ digits, ambient without consistency and ambient + consistency (the default); plu
 oracle shared by all levels. It reports the Frechet distance (digits features) of each model's
 samples (full sampling; truncated at sigma_n too for the no-consistency model) to the held-out
 clean digits, and the one-step denoising MSE on them at several levels (the paper's Table 1).
+``--net unet`` uses a small UNet instead (1500 steps; its clean oracle is near exact), and
+``--methods`` picks the methods (e.g. ``ambient_two_draws``, the previous consistency default).
 
     python benchmarks/digits_benchmark.py              # writes benchmarks/results/digits.md
     python benchmarks/digits_benchmark.py --quick --out /tmp/digits/digits.md   # smoke run
@@ -32,9 +34,10 @@ from ambient.evaluate.report import Report
 from ambient.evaluate.runs import DENOISING_LEVELS, evaluate_run
 from ambient.images import save_grid
 from ambient.train import TrainConfig, load_run, train
+from consistency_ablation import PAIRS
 
 SIGMAS = (0.1, 0.2, 0.4)
-STEPS, QUICK_STEPS = 4000, 150  # training steps per model
+STEPS, QUICK_STEPS = {"mlp": 4000, "unet": 1500}, 150  # training steps per model, by network
 NUM, QUICK_NUM = 1000, 200  # samples per model and sampling mode
 SAMPLER_STEPS = 32  # Heun levels per sample
 COMMAND = "python benchmarks/digits_benchmark.py"
@@ -48,6 +51,7 @@ class Method:
     objective: str  # "ambient" or "dsm"
     consistency: bool
     modes: tuple[str, ...]
+    overrides: tuple[tuple[str, object], ...] = ()  # consistency settings other than the default
 
 
 ORACLE = Method("clean-data oracle (DSM on clean digits)", "dsm", False, ("full",))
@@ -56,7 +60,11 @@ METHODS = {
     "ambient_no_consistency": Method("ambient, no consistency", "ambient", False,
                                      ("full", "truncated")),
     "ambient_consistency": Method("ambient + consistency (default)", "ambient", True, ("full",)),
+    "ambient_two_draws": Method("ambient + consistency, two draws (previous default)", "ambient",
+                                True, ("full",), tuple(PAIRS.items())),
 }
+DEFAULT_METHODS = ("naive_dsm", "ambient_no_consistency", "ambient_consistency")
+NETS = {"mlp": None, "unet": {"kind": "unet"}}  # None: the digits default network (an MLP)
 
 
 @dataclass
@@ -71,12 +79,15 @@ class RunResult:
     grids: dict[str, Path]  # sampling mode -> PNG of samples
 
 
-def train_config(method: Method, steps: int, sigma_n: float) -> TrainConfig:
-    """The digits defaults with ``method``'s objective and ``steps`` steps (no sample grids)."""
+def train_config(method: Method, steps: int, sigma_n: float, net: str = "mlp") -> TrainConfig:
+    """The digits defaults with ``method``'s objective, the network ``net`` (a key of NETS) and
+    ``steps`` steps (no sample grids)."""
     cfg = default_train_config("digits")
+    cfg.net = NETS[net] or cfg.net
     cfg.engine = replace(cfg.engine, steps=steps, sample_every=0, checkpoint_every=steps,
                          log_every=max(1, steps // 10))
     cfg.objective.method = method.objective
+    cfg.objective.consistency = replace(cfg.objective.consistency, **dict(method.overrides))
     if not method.consistency:
         cfg.objective.consistency.weight = 0.0
     cfg.data = {"data": "digits", "sigma_n": sigma_n, "corrupt": False, "seed": 0}
@@ -84,11 +95,11 @@ def train_config(method: Method, steps: int, sigma_n: float) -> TrainConfig:
 
 
 def run_method(name: str, method: Method, sigma_n: float, steps: int, num: int, runs: Path,
-               figures: Path) -> RunResult:
+               figures: Path, net: str = "mlp") -> RunResult:
     """Train ``method`` on the digits corrupted once at ``sigma_n``, then sample and score it."""
     run_dir = runs / f"{name}_sigma{sigma_n:g}"
     start = time.perf_counter()
-    train(train_config(method, steps, sigma_n), resolve_dataset("digits", sigma_n, seed=0),
+    train(train_config(method, steps, sigma_n, net), resolve_dataset("digits", sigma_n, seed=0),
           run_dir, progress=False)
     seconds = time.perf_counter() - start
     denoiser, config = load_run(run_dir)
@@ -183,7 +194,8 @@ def claim_summary(results: Sequence[RunResult]) -> str:
 
 def write_report(results: Sequence[RunResult], references: tuple[dict[float, float],
                                                                  dict[float, Path]],
-                 rerun: str, steps: int, num: int, seconds: float, out: Path) -> Path:
+                 rerun: str, steps: int, num: int, seconds: float, out: Path,
+                 net: str = "mlp") -> Path:
     """Render ``out`` (markdown, images relative to it) from the runs finished so far."""
     frechet, data_grids = references
     report = Report("Digits benchmark: sample quality and denoising from noisy digits")
@@ -192,8 +204,9 @@ def write_report(results: Sequence[RunResult], references: tuple[dict[float, flo
     report.text(f"Data: the {len(load_digits('train'))} scikit-learn training digits (8x8, "
                 f"range [-1, 1]), each corrupted once with Gaussian noise of std sigma_n; scored "
                 f"against the {len(load_digits('test'))} held-out clean digits. Every model is "
-                f"`default_train_config('digits')` (MLP 256x4, batch 128, lr 1e-3, EMA) trained "
-                f"for {steps} steps; EMA weights are evaluated. Samples: {num} per model and "
+                f"`default_train_config('digits')` (batch 128, lr 1e-3, EMA) with "
+                f"{'its MLP 256x4' if NETS[net] is None else f'the network {NETS[net]}'}, "
+                f"trained for {steps} steps; EMA weights are evaluated. Samples: {num} per model and "
                 f"mode, {SAMPLER_STEPS}-level Heun from sigma_max = 80; full sampling runs to 0, "
                 f"truncated sampling stops at sigma_n and outputs D(x, sigma_n).")
     report.text(defaults_summary())
@@ -221,26 +234,31 @@ def write_report(results: Sequence[RunResult], references: tuple[dict[float, flo
     return report.write(out, html=False)
 
 
-def plan(sigmas: Sequence[float]) -> list[tuple[str, Method, float]]:
+def plan(sigmas: Sequence[float], methods: Sequence[str] = DEFAULT_METHODS
+         ) -> list[tuple[str, Method, float]]:
     """The oracle first, then every method at every level."""
-    return [("oracle", ORACLE, 0.0)] + [(name, method, s) for s in sigmas
-                                         for name, method in METHODS.items()]
+    return [("oracle", ORACLE, 0.0)] + [(name, METHODS[name], s) for s in sigmas
+                                         for name in methods]
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Run the benchmark; the results page is rewritten after every model."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: few steps and samples")
-    parser.add_argument("--steps", type=int, help=f"training steps per model (default {STEPS}, "
-                                                  f"{QUICK_STEPS} with --quick)")
+    parser.add_argument("--steps", type=int, help=f"training steps per model (default by network "
+                                                  f"{STEPS}, {QUICK_STEPS} with --quick)")
     parser.add_argument("--num", type=int, help=f"samples per model (default {NUM}, "
                                                 f"{QUICK_NUM} with --quick)")
     parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS),
                         help="training noise levels sigma_n")
+    parser.add_argument("--net", choices=sorted(NETS), default="mlp",
+                        help="the network of every model (default: the digits default, an MLP)")
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS),
+                        default=list(DEFAULT_METHODS), help="methods besides the clean oracle")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/digits.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
+    steps = args.steps or (QUICK_STEPS if args.quick else STEPS[args.net])
     num = args.num or (QUICK_NUM if args.quick else NUM)
     rerun = " ".join([COMMAND, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     figures = args.out.with_suffix("")
@@ -248,12 +266,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     references = data_references(args.sigmas, figures)
     results: list[RunResult] = []
     with tempfile.TemporaryDirectory() as runs:
-        for name, method, sigma_n in plan(args.sigmas):
-            results.append(run_method(name, method, sigma_n, steps, num, Path(runs), figures))
+        for name, method, sigma_n in plan(args.sigmas, args.methods):
+            results.append(run_method(name, method, sigma_n, steps, num, Path(runs), figures,
+                                      args.net))
             print(f"{method.label}, sigma_n={sigma_n:g}: frechet {results[-1].frechet}",
                   flush=True)
             out = write_report(results, references, rerun, steps, num, time.time() - t0,
-                               args.out)
+                               args.out, args.net)
     print(f"wrote {out}")
     return out
 

@@ -21,33 +21,38 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
-SECTIONS = [  # (results page, title, the script that writes it)
-    ("step_cost.md", "Training-step cost of every objective and consistency option", "step_cost.py"),
+SECTIONS = [  # (results page, title, the command that writes it: script and arguments)
+    ("step_cost.md", "Training-step cost of every objective and consistency option",
+     ["step_cost.py"]),
     ("consistency.md", "Gaussian-mixture exactness and consistency ablation",
-     "consistency_ablation.py"),
+     ["consistency_ablation.py"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
-     "consistency_exact_teacher.py"),
+     ["consistency_exact_teacher.py"]),
     ("digits.md", "Digits: sample quality (Frechet distance) and the denoising table",
-     "digits_benchmark.py"),
-    ("memorization.md", "Memorization: clean-trained vs noisy-trained", "memorization_benchmark.py"),
+     ["digits_benchmark.py"]),
+    ("digits_unet.md", "Digits with a small UNet (a near-exact clean oracle), sigma_n = 0.2",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--methods",
+      "ambient_no_consistency", "ambient_consistency", "ambient_two_draws"]),
+    ("memorization.md", "Memorization: clean-trained vs noisy-trained",
+     ["memorization_benchmark.py"]),
 ]
-PAGE_OF = {script: page for page, _, script in SECTIONS}
-PARALLEL_JOBS = [  # single-threaded scripts with their arguments
-    ["consistency_ablation.py", "--shard", "0/2"],
-    ["consistency_ablation.py", "--shard", "1/2"],
-    ["digits_benchmark.py"],
-    ["consistency_exact_teacher.py"],
-    ["memorization_benchmark.py"],
+COMMAND = {page: command for page, _, command in SECTIONS}
+PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra arguments)
+    ("consistency.md", ["--shard", "0/2"]),
+    ("consistency.md", ["--shard", "1/2"]),
+    ("digits_unet.md", []),
+    ("digits.md", []),
+    ("exact_teacher.md", []),
+    ("memorization.md", []),
 ]
 
 
-def run(job: list[str], quick: bool, results: Path) -> None:
-    """Run ``benchmarks/JOB[0] JOB[1:]`` writing its page into ``results`` (``--quick``: the
-    smoke version, except for step_cost.py which has none)."""
-    cmd = [sys.executable, str(HERE / job[0]), *job[1:]]
-    if results != RESULTS:
-        cmd += ["--out", str(results / PAGE_OF[job[0]])]
-    if quick and job[0] != "step_cost.py":
+def run(page: str, extra: list[str], quick: bool, results: Path) -> None:
+    """Run the command of ``page`` (plus ``extra`` arguments) writing the page into ``results``
+    (``--quick``: the smoke version, except for step_cost.py which has none)."""
+    script, *args = COMMAND[page]
+    cmd = [sys.executable, str(HERE / script), *args, *extra, "--out", str(results / page)]
+    if quick and script != "step_cost.py":
         cmd.append("--quick")
     subprocess.run(cmd, check=True)
 
@@ -92,8 +97,8 @@ def main(argv: list[str] | None = None) -> Path:
     if not args.assemble:
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=2) as pool:
-            list(pool.map(lambda job: run(job, args.quick, results), PARALLEL_JOBS))
-        run(["step_cost.py", *(["--rounds", "5"] if args.quick else [])], args.quick, results)
+            list(pool.map(lambda job: run(*job, args.quick, results), PARALLEL_JOBS))
+        run("step_cost.md", ["--rounds", "5"] if args.quick else [], args.quick, results)
         (results / "run_all_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n",
                                                      encoding="utf-8")
     print(f"wrote {assemble(results, out)}")

@@ -21,6 +21,9 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     for _, title, _ in run_all.SECTIONS:
         assert f"## {title}" in results, title
     assert "](./digits/data_sigma0.png)" in results  # image links point into the results folder
+    unet = (tmp_path / "digits_unet.md").read_text(encoding="utf-8")
+    assert "the network {'kind': 'unet'}" in unet
+    assert "two draws (previous default) | full" in unet
 
     digits = (tmp_path / "digits.md").read_text(encoding="utf-8")
     for label in ("reference: the training digits themselves", "clean-data oracle",
@@ -44,7 +47,8 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
 
     consistency = (tmp_path / "consistency.md").read_text(encoding="utf-8")
     for label in ("| oracle (clean DSM) | 0.3 |", "| reference: best case from the data",
-                  "*truncated sampling*", "| ambient + consistency (default) | 0.3 |"):
+                  "*truncated sampling*", "| ambient + consistency (default: own samples) | 0.3 |",
+                  "| ambient + consistency, two draws"):
         assert label in consistency, label
     assert (tmp_path / "consistency" / "excess_sigma0.3.png").exists()
 
@@ -53,6 +57,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "| <= 1.25 sigma_n | 20 |" in teacher
 
     cost = (tmp_path / "step_cost.md").read_text(encoding="utf-8")
-    for label in ("| unet | DSM |", "| unet | ambient + consistency (default) |", "| mlp | SURE |"):
+    for label in ("| unet | DSM |", "| unet | ambient + consistency (default: own samples) |",
+                  "| mlp | SURE |"):
         assert label in cost, label
     assert float((tmp_path / "run_all_seconds.txt").read_text(encoding="utf-8")) > 0

@@ -277,3 +277,65 @@ def test_single_backward_has_same_value_and_unbiased_gradient():
     torch.testing.assert_close(grads[True][0], grads[False][0])
     rel = (grads[True][1] - grads[False][1]).norm() / grads[False][1].norm()
     assert rel < 0.1
+
+
+def test_own_sample_draws_contract_towards_the_truth_as_stated():
+    """Data N(0, v I) at level s; a model exact for N(0, w I) (D = w / (w + sigma^2) x) draws,
+    by its ODE from lift * s, N(0, w (v + s1^2) / (w + s1^2)) with s1 = lift * s: the truth at
+    w = v, strictly between v and w otherwise (the contraction the docstring states)."""
+    v, s, lift, n = 0.04, 0.3, 1.1, 200_000
+    s1 = lift * s
+    y = (v + s**2) ** 0.5 * torch.randn(n, 2, generator=G(20), dtype=torch.float64)
+    tiny = torch.full((n,), 1e-4, dtype=torch.float64)  # DSM input ~ the draw itself
+    for w in (v, 0.09, 0.25):
+        model = lambda x, sg, w=w: w / (w + sg[:, None] ** 2) * x  # noqa: E731
+        terms = losses.own_sample_loss(model, y, s, tiny, lift=lift, steps=16, generator=G(21))
+        expected = w * (v + s1**2) / (w + s1**2)
+        assert terms.x.var().item() == pytest.approx(expected, rel=0.015)
+    assert v < 0.09 * (v + s1**2) / (0.09 + s1**2) < 0.09
+
+
+def test_own_sample_draws_of_the_exact_denoiser_follow_p0():
+    """The fixed point is exact: with D = E[x0 | x] of a mixture, the draws from the data lifted
+    above sigma_n have the law p0 (same criterion as the full samplers' test)."""
+    from ambient.evaluate.exactness import component_covariance_error, sliced_wasserstein
+
+    mix = GaussianMixture.random(2, 4, mean_scale=1.5, component_scale=0.15, generator=G(3))
+    n, s = 4000, 0.3
+    _, y, _, _ = _noisy_data(mix, n, s, seed=22)
+    tiny = torch.full((n,), 1e-4, dtype=torch.float64)
+    draws = losses.own_sample_loss(mix.denoiser, y, s, tiny, steps=16, generator=G(23)).x
+
+    def sw(a, b):
+        return sliced_wasserstein(a.float(), b.float(), generator=G(0))
+
+    floor = sw(mix.sample(n, generator=G(24)), mix.sample(n, generator=G(25)))
+    assert sw(draws, mix.sample(n, generator=G(26))) < 1.5 * floor
+    assert component_covariance_error(draws.float(), mix).width_ratio == pytest.approx(1.0, abs=0.1)
+
+
+def test_own_sample_loss_in_the_objective():
+    """target='samples' trains D below sigma_n only, through one graph; a lift <= 1 is refused."""
+    from ambient.nets import MLP, MLPConfig
+    from ambient.objective import ConsistencyConfig, consistency_rows
+    from ambient.precond import EDMPrecond
+
+    torch.manual_seed(0)
+    model = EDMPrecond(MLP(2, MLPConfig(hidden=16, depth=2)), 0.5)
+    y, sigma_n = torch.randn(64, 2), torch.full((64,), 0.3)
+    seen = []
+
+    def spy(x, sigma):
+        seen.append((torch.is_grad_enabled(), sigma.detach().clone()))
+        return model(x, sigma)
+
+    cfg = ConsistencyConfig(weight=1.0, target="samples", substeps=3)
+    loss = consistency_rows(spy, y, sigma_n, cfg, generator=G(1))
+    assert loss.shape == (64,) and torch.isfinite(loss).all()
+    graphed = [sg for grad, sg in seen if grad]
+    assert len(seen) == 2 * 3 + 2 and len(graphed) == 1
+    assert bool((graphed[0] < 0.3).all()) and bool((graphed[0] >= cfg.sigma_min).all())
+    loss.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="lift"):
+        consistency_rows(model, y, sigma_n, ConsistencyConfig(target="samples", lift=1.0))

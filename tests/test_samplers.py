@@ -84,3 +84,18 @@ def test_edm_sigmas_schedule():
     assert s[-1] == 0 and torch.all(s[:-1] > s[1:])
     with pytest.raises(ValueError):
         samplers.edm_sigmas(0)
+
+
+def test_per_sample_schedules_match_one_schedule_per_sample(gmm):
+    tops = torch.tensor([0.3, 1.0, 2.5], dtype=torch.float64)
+    grid = samplers.edm_sigmas(6, 0.002, tops)
+    assert grid.shape == (7, 3)
+    for j, top in enumerate(tops.tolist()):
+        assert torch.allclose(grid[:, j], samplers.edm_sigmas(6, 0.002, top))
+    with pytest.raises(ValueError):
+        samplers.edm_sigmas(6, 0.002, torch.tensor([1.0, 0.001]))
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    for run in (samplers.sample_heun, samplers.sample_ddim):
+        batched = run(gmm.denoiser, x, grid)
+        for j in range(3):
+            assert torch.allclose(batched[j], run(gmm.denoiser, x[j:j + 1], grid[:, j])[0])

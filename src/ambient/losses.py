@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ambient.noise import add_noise_ve, add_noise_vp, as_levels, bcast
-from ambient.samplers import reverse_step
+from ambient.samplers import edm_sigmas, reverse_step, sample_heun
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
@@ -245,3 +245,40 @@ def consistency_loss(
     out = denoiser(drawn, levels)
     a, b = (out - torch.cat([teacher, teacher])).chunk(2)
     return LossTerms((a * b).flatten(1).sum(1) / d, drawn, levels, out)
+
+
+def own_sample_loss(
+    denoiser: Denoiser,
+    y: Tensor,
+    sigma_n: Tensor | float,
+    sigma_next: Tensor,
+    lift: float = 1.1,
+    steps: int = 8,
+    sigma_min: float = 0.002,
+    sigma_data: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> LossTerms:
+    """Consistency as a fixed point: DSM below ``sigma_n`` on the model's own draws.
+
+        x1     = y + sqrt(lift^2 - 1) * s * z                          (a draw of x at lift * s)
+        x0_hat = probability-flow ODE of the model, dx/dsigma = (x - D(x, sigma)) / sigma, from
+                 lift * s to 0 (``steps`` Heun steps on the EDM schedule to sigma_min, then
+                 D(., sigma_min)); no graph
+        loss   = lambda(sigma') * mean((D(x0_hat + sigma' eps, sigma') - x0_hat)^2)
+
+    Its minimiser makes ``D(., sigma')`` the posterior mean of the law ``q`` of the model's own
+    draws, which is the consistency property. Above ``s`` the ambient loss pins ``D`` to the
+    truth, so at the fixed point ``q * N(0, s^2) = p_s``, whose only solution is ``p_0``: the
+    fixed point is the exact denoiser. The ODE is deterministic and started at ``lift * s``
+    (just above the data's level, where ``D`` is trained); on a Gaussian of variance ``v`` one
+    refit moves the model's variance towards ``v`` by the factor ``(lift s)^2 / (v + (lift s)^2)``
+    (the ancestral SDE: ``1 - (v / (v + s^2))^2``, slower), so directions where the clean data
+    barely vary relative to ``s`` converge slowly. Cost: ``2 steps + 1`` forward evaluations
+    without a graph, then one with a graph (``y`` and ``sigma_n`` per sample)."""
+    s = as_levels(sigma_n, y)
+    with torch.no_grad():
+        noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        x = add_noise_ve(y, s, lift * s, noise)
+        x0 = sample_heun(denoiser, x, edm_sigmas(steps + 1, sigma_min, lift * s).to(y.dtype))
+    eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    return dsm_loss(denoiser, x0, sigma_next, eps, sigma_data)

@@ -1,20 +1,22 @@
 """The training objective: ambient (or DSM / SURE) loss plus the consistency loss, on one batch.
 
 Network evaluations per training step on a batch of ``B`` samples (``f`` = consistency
-sub-batch fraction, ``k`` = chain steps):
+sub-batch fraction, ``k`` = chain steps, ``K`` = substeps):
 
-====================================  ==============================  ========================
-objective                             forward evaluations (samples)   backward passes through
-====================================  ==============================  ========================
-DSM / naive DSM                       B                               B
-ambient                               B                               B
-SURE                                  2B                              2B
-ambient + consistency, start="data"   B + fB(k + 1 + 2)               B + fB (single_backward)
-ambient + consistency, start="ambient" B + 2fB (teacher shared)       B + fB (single_backward)
-====================================  ==============================  ========================
+========================================  ============================  ======================
+objective                                 forward evaluations (samples)  backward passes through
+========================================  ============================  ======================
+DSM / naive DSM                           B                              B
+ambient                                   B                              B
+SURE                                      2B                             2B
+ambient + consistency, start="data"       B + fB(k + 1 + 2K)             B + fB (single_backward)
+ambient + consistency, start="ambient"    B + 2KfB (teacher shared)      B + fB (single_backward)
+ambient + consistency, target="samples"   B + fB(2K + 2)                 B + fB
+========================================  ============================  ======================
 
-(``k`` chain steps and the second draw run without a graph; with ``single_backward=False``
-the backward covers ``B + 2fB`` samples; ``teacher_grad`` adds the teacher's ``fB``.)
+(All but ``fB`` of the consistency evaluations run without a graph; with
+``single_backward=False`` the backward covers ``B + 2fB`` samples; ``teacher_grad`` adds the
+teacher's ``fB``.)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ambient.losses import (
     ambient_loss,
     consistency_loss,
     edm_weight,
+    own_sample_loss,
     sample_sigma_above,
     sure_loss,
 )
@@ -45,9 +48,13 @@ class ConsistencyConfig:
     fraction: float = 0.25  # share of the batch (noisy samples only) used for the term
     start: Literal["data", "ambient"] = "data"  # where the state x at level sigma comes from
     chain_steps: int = 4  # start="data": no-grad ancestral steps of the model from sigma_n to sigma
-    target: Literal["step", "below"] = "step"  # sigma' = sigma(1 - step), or log-uniform below sigma_n
+    # sigma' = sigma(1 - step), or log-uniform below sigma_n; "samples": DSM below sigma_n on the
+    # model's own ODE draws from the data lifted to lift * sigma_n (own_sample_loss; ignores
+    # start, chain_steps, step, teacher_grad and single_backward)
+    target: Literal["step", "below", "samples"] = "step"
     step: float = 0.05  # relative step size for target="step"
-    substeps: int = 1  # ancestral substeps of each draw from sigma to sigma' (no graph)
+    substeps: int = 1  # ancestral substeps of each draw (no graph); "samples": Heun steps
+    lift: float = 1.1  # target="samples": the draws start at lift * sigma_n
     sigma_min: float = 0.002  # lowest level trained by consistency
     weighting: Literal["none", "edm"] = "none"  # "edm": times lambda(sigma') / lambda(sigma_n)
     teacher_grad: bool = False  # let gradients reach the teacher D(x, sigma)
@@ -122,8 +129,19 @@ def consistency_rows(
     (target="below"), and :func:`ambient.losses.consistency_loss` from (x, sigma) to sigma'.
     ``floor = max(cfg.sigma_min, sigma_floor)``. weighting="edm" multiplies the loss by
     ``lambda(sigma') / lambda(sigma_n)`` (EDM weight), so that errors at small levels count as
-    much, in the network's output scale, as at the data level."""
-    floor = torch.full_like(sigma_n, max(cfg.sigma_min, sigma_floor))
+    much, in the network's output scale, as at the data level.
+
+    target="samples" instead: sigma' ~ log-uniform(floor, sigma_n) and
+    :func:`ambient.losses.own_sample_loss` (DSM on the model's own draws from ``y``)."""
+    lowest = max(cfg.sigma_min, sigma_floor)
+    floor = torch.full_like(sigma_n, lowest)
+    if cfg.target == "samples":
+        if cfg.lift <= 1.0:
+            raise ValueError(f"consistency lift must be > 1 (a level above sigma_n), got {cfg.lift}")
+        sigma_next = _log_uniform(floor, sigma_n, generator)
+        loss = own_sample_loss(denoiser, y, sigma_n, sigma_next, cfg.lift, cfg.substeps,
+                               lowest, sigma_data, generator).loss
+        return _weighted(loss, sigma_next, sigma_n, cfg, sigma_data)
     teacher = None
     if cfg.start == "data":
         sigma = _log_uniform(floor, sigma_n, generator)
@@ -139,8 +157,13 @@ def consistency_rows(
     loss = consistency_loss(denoiser, x, sigma, sigma_next, teacher=teacher,
                             teacher_grad=cfg.teacher_grad, single_backward=cfg.single_backward,
                             substeps=cfg.substeps, generator=generator).loss
+    return _weighted(loss, sigma_next, sigma_n, cfg, sigma_data)
+
+
+def _weighted(loss: Tensor, sigma_next: Tensor, sigma_n: Tensor, cfg: ConsistencyConfig,
+              sigma_data: float) -> Tensor:
     if cfg.weighting == "edm":
-        loss = loss * edm_weight(sigma_next, sigma_data) / edm_weight(sigma_n, sigma_data)
+        return loss * edm_weight(sigma_next, sigma_data) / edm_weight(sigma_n, sigma_data)
     return loss
 
 

@@ -1,7 +1,8 @@
 """Samplers driven by any denoiser ``D(x, sigma)`` (VE convention, k-diffusion style).
 
 A sampler is a plain function ``sample_x(denoiser, x, sigmas)``: ``x`` is the state at
-``sigmas[0]`` and ``sigmas`` is a decreasing 1-D schedule shared by the batch. Every step
+``sigmas[0]`` and ``sigmas`` is a decreasing schedule, shared by the batch (``[n]``) or one per
+sample (``[n, N]``, see :func:`edm_sigmas`). Every step
 uses the one reverse-step formula :func:`reverse_step` (DDIM with stochasticity ``eta``),
 which the consistency loss reuses for its draws:
 
@@ -31,20 +32,25 @@ SamplerName = Literal["heun", "euler", "ddim"]
 def edm_sigmas(
     num_steps: int,
     sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
+    sigma_max: float | Tensor = 80.0,
     rho: float = 7.0,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """EDM (Karras et al.) schedule with a final 0:
-    ``sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho``, i = 0..n-1."""
+    ``sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho``, i = 0..n-1.
+
+    ``sigma_max`` may be per-sample levels ``[N]``: the result is then one schedule per sample,
+    shape ``[n + 1, N]`` (every sampler here accepts such a schedule)."""
+    top = torch.as_tensor(sigma_max, dtype=torch.float64, device=device)
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if not 0 < sigma_min <= sigma_max:
+    if not sigma_min > 0 or bool((top < sigma_min).any()):
         raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
-    i = torch.arange(num_steps, dtype=torch.float64, device=device)
-    frac = i / max(num_steps - 1, 1)
-    inv = sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
-    return torch.cat([inv**rho, torch.zeros(1, dtype=torch.float64, device=device)])
+    i = torch.arange(num_steps, dtype=torch.float64, device=top.device)
+    frac = (i / max(num_steps - 1, 1)).reshape(-1, *([1] * top.ndim))
+    inv = top ** (1 / rho) + frac * (sigma_min ** (1 / rho) - top ** (1 / rho))
+    return torch.cat([inv**rho, torch.zeros((1, *top.shape), dtype=torch.float64,
+                                            device=top.device)])
 
 
 def reverse_step(
@@ -69,6 +75,7 @@ def reverse_step(
 
 
 def _levels(sigma: Tensor, x: Tensor) -> Tensor:
+    """One level (scalar) or per-sample levels ``[N]`` of a schedule row, as ``[N]``."""
     return sigma.to(x.dtype).expand(x.shape[0])
 
 
@@ -119,12 +126,13 @@ def sample_heun(
     Euler predictor, trapezoidal corrector (skipped on the last step when ``sigma' = 0``)."""
     sigmas = sigmas.to(device=x.device, dtype=x.dtype)
     for i in _progress(len(sigmas) - 1, progress, "heun"):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        d = (x - denoiser(x, _levels(s, x))) / s
-        x_next = x + (s_next - s) * d
-        if s_next > 0:
-            d_next = (x_next - denoiser(x_next, _levels(s_next, x))) / s_next
-            x_next = x + (s_next - s) * 0.5 * (d + d_next)
+        s, s_next = _levels(sigmas[i], x), _levels(sigmas[i + 1], x)
+        h = bcast(s_next - s, x)
+        d = (x - denoiser(x, s)) / bcast(s, x)
+        x_next = x + h * d
+        if bool((s_next > 0).all()):
+            d_next = (x_next - denoiser(x_next, s_next)) / bcast(s_next, x)
+            x_next = x + h * 0.5 * (d + d_next)
         x = x_next
     return x
 
