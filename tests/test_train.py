@@ -64,6 +64,20 @@ def test_bad_config_names_the_key(d, message):
         config_from_dict(d)
 
 
+@pytest.mark.parametrize(("objective", "message"), [
+    ({"consistency": {"lift": 0.5}}, r"objective\.consistency\.lift must be >= 1"),
+    ({"consistency": {"fraction": 0}}, r"objective\.consistency\.fraction must be in \(0, 1\]"),
+    ({"consistency": {"substeps": 0}}, r"objective\.consistency\.substeps must be >= 1"),
+    ({"weight_cap": 0.5}, r"objective\.weight_cap must be finite and >= 1"),
+    ({"sigma_data": 0}, r"objective\.sigma_data must be > 0"),
+])
+def test_impossible_objective_values_stop_before_training(tmp_path, vectors, objective, message):
+    cfg = config_from_dict({"objective": objective})
+    with pytest.raises(AmbientError, match=message):
+        train(cfg, vectors, tmp_path, progress=False)
+    assert not (tmp_path / "config.json").exists()
+
+
 # ------------------------------------------------------------------------------- train
 
 

@@ -275,6 +275,8 @@ def own_sample_loss(
     (the ancestral SDE: ``1 - (v / (v + s^2))^2``, slower), so directions where the clean data
     barely vary relative to ``s`` converge slowly. Cost: ``2 steps + 1`` forward evaluations
     without a graph, then one with a graph (``y`` and ``sigma_n`` per sample)."""
+    if lift < 1:
+        raise ValueError(f"lift must be >= 1 (the draws start at or above sigma_n), got {lift}")
     s = as_levels(sigma_n, y)
     with torch.no_grad():
         noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)

@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ambient.errors import AmbientError
 from ambient.losses import (
     Denoiser,
     ambient_loss,
@@ -60,6 +61,19 @@ class ConsistencyConfig:
     teacher_grad: bool = False  # let gradients reach the teacher D(x, sigma)
     single_backward: bool = True  # gradient through one draw (doubled), second draw without graph
 
+    def validate(self, prefix: str = "objective.consistency") -> None:
+        """Raise :class:`AmbientError` naming the first field with an impossible value."""
+        checks = [("weight", self.weight >= 0, ">= 0 (0 switches consistency off)"),
+                  ("fraction", 0 < self.fraction <= 1, "in (0, 1]"),
+                  ("chain_steps", self.chain_steps >= 0, ">= 0"),
+                  ("step", 0 < self.step < 1, "in (0, 1)"),
+                  ("substeps", self.substeps >= 1, ">= 1"),
+                  ("lift", self.lift >= 1, ">= 1 (the draws start at or above sigma_n)"),
+                  ("sigma_min", self.sigma_min > 0, "> 0")]
+        for name, ok, rule in checks:
+            if not ok:
+                raise AmbientError(f"{prefix}.{name} must be {rule}, got {getattr(self, name)}")
+
 
 @dataclass
 class ObjectiveConfig:
@@ -72,6 +86,15 @@ class ObjectiveConfig:
     sigma_max: float = 80.0  # largest training level
     weight_cap: float = 1.0  # ambient weighting: 1 = paper's; >1 caps the x0-space factor 1/r^2
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+
+    def validate(self) -> None:
+        """Raise :class:`AmbientError` naming the first field with an impossible value."""
+        if not (math.isfinite(self.weight_cap) and self.weight_cap >= 1):
+            raise AmbientError(f"objective.weight_cap must be finite and >= 1, got {self.weight_cap}")
+        for name in ("sigma_data", "p_std", "sigma_max"):
+            if not getattr(self, name) > 0:
+                raise AmbientError(f"objective.{name} must be > 0, got {getattr(self, name)}")
+        self.consistency.validate()
 
 
 def _log_uniform(lo: Tensor, hi: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -136,8 +159,6 @@ def consistency_rows(
     lowest = max(cfg.sigma_min, sigma_floor)
     floor = torch.full_like(sigma_n, lowest)
     if cfg.target == "samples":
-        if cfg.lift <= 1.0:
-            raise ValueError(f"consistency lift must be > 1 (a level above sigma_n), got {cfg.lift}")
         sigma_next = _log_uniform(floor, sigma_n, generator)
         loss = own_sample_loss(denoiser, y, sigma_n, sigma_next, cfg.lift, cfg.substeps,
                                lowest, sigma_data, generator).loss

@@ -152,6 +152,7 @@ def train(cfg: TrainConfig, dataset: NoisyDataset, run_dir: Path, resume: bool =
     of another run with the same network (a resumed checkpoint takes precedence). Image data
     get a sample grid every ``cfg.engine.sample_every`` steps in ``run_dir/samples``."""
     obj = cfg.objective
+    obj.validate()
     top = float(dataset.sigma_n.max())
     if top >= obj.sigma_max:
         raise AmbientError(f"the data's noise level reaches sigma_n={top:g}, which must be below "

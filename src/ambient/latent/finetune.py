@@ -95,6 +95,7 @@ def _check(cfg: FinetuneConfig, model: LatentModel) -> None:
         raise AmbientError(f"--rank {cfg.rank} must be >= 1 (the paper uses 4)")
     if cfg.consistency_config().weight < 0:
         raise AmbientError("--consistency-weight must be >= 0 (0 switches consistency off)")
+    cfg.consistency_config().validate(prefix="consistency")
 
 
 def _weight_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
