@@ -22,7 +22,8 @@ def _floor(a_fn, seed):
     return sliced_wasserstein(a_fn(g), a_fn(g), generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize(("sampler", "steps"), [("heun", 40), ("ddim", 100), ("euler", 200)])
+@pytest.mark.parametrize(("sampler", "steps"), [("heun", 40), ("ddim", 100), ("euler", 200),
+                                             ("multistep", 40)])
 def test_full_sampling_reproduces_mixture(gmm, sampler, steps):
     g = torch.Generator().manual_seed(1)
     out = samplers.sample(gmm.denoiser, (N, 2), num_steps=steps, sampler=sampler, generator=g)
@@ -95,7 +96,7 @@ def test_per_sample_schedules_match_one_schedule_per_sample(gmm):
     with pytest.raises(ValueError):
         samplers.edm_sigmas(6, 0.002, torch.tensor([1.0, 0.001]))
     x = torch.randn(3, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
-    for run in (samplers.sample_heun, samplers.sample_ddim):
+    for run in (samplers.sample_heun, samplers.sample_ddim, samplers.sample_multistep):
         batched = run(gmm.denoiser, x, grid)
         for j in range(3):
             assert torch.allclose(batched[j], run(gmm.denoiser, x[j:j + 1], grid[:, j])[0])

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import yaml
 
 from ambient import __version__
 from ambient.errors import AmbientError
+from ambient.samplers import SamplerName
 
 
 def _positive_int(text: str) -> int:
@@ -227,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=_positive_int, default=64)
     p.add_argument("--out", required=True, help="output .npy (a PNG grid is written beside it)")
     p.add_argument("--steps", type=_positive_int, default=32)
-    p.add_argument("--sampler", choices=["heun", "euler", "ddim"], default="heun")
+    p.add_argument("--sampler", choices=typing.get_args(SamplerName), default="heun")
     p.add_argument("--truncate", action="store_true",
                    help="stop at the data's noise level and output D(x, sigma_n)")
     p.add_argument("--seed", type=int, default=0)

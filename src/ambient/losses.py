@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ambient.noise import add_noise_ve, add_noise_vp, as_levels, bcast
-from ambient.samplers import edm_sigmas, reverse_step, sample_heun
+from ambient.samplers import edm_sigmas, reverse_step, sample_multistep
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
@@ -262,7 +262,8 @@ def own_sample_loss(
 
         x1     = y + sqrt(lift^2 - 1) * s * z                          (a draw of x at lift * s)
         x0_hat = probability-flow ODE of the model, dx/dsigma = (x - D(x, sigma)) / sigma, from
-                 lift * s to 0 (``steps`` Heun steps on the EDM schedule to sigma_min, then
+                 lift * s to 0 (``steps`` steps of the 2nd-order multistep solver
+                 :func:`ambient.samplers.sample_multistep` on the EDM schedule to sigma_min, then
                  D(., sigma_min)); no graph
         loss   = lambda(sigma') * mean((D(x0_hat + sigma' eps, sigma') - x0_hat)^2)
 
@@ -273,7 +274,7 @@ def own_sample_loss(
     (just above the data's level, where ``D`` is trained); on a Gaussian of variance ``v`` one
     refit moves the model's variance towards ``v`` by the factor ``(lift s)^2 / (v + (lift s)^2)``
     (the ancestral SDE: ``1 - (v / (v + s^2))^2``, slower), so directions where the clean data
-    barely vary relative to ``s`` converge slowly. Cost: ``2 steps + 1`` forward evaluations
+    barely vary relative to ``s`` converge slowly. Cost: ``steps + 1`` forward evaluations
     without a graph, then one with a graph (``y`` and ``sigma_n`` per sample)."""
     if lift < 1:
         raise ValueError(f"lift must be >= 1 (the draws start at or above sigma_n), got {lift}")
@@ -281,6 +282,6 @@ def own_sample_loss(
     with torch.no_grad():
         noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
         x = add_noise_ve(y, s, lift * s, noise)
-        x0 = sample_heun(denoiser, x, edm_sigmas(steps + 1, sigma_min, lift * s).to(y.dtype))
+        x0 = sample_multistep(denoiser, x, edm_sigmas(steps + 1, sigma_min, lift * s).to(y.dtype))
     eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
     return dsm_loss(denoiser, x0, sigma_next, eps, sigma_data)

@@ -11,7 +11,7 @@ ambient                                   B                              B
 SURE                                      2B                             2B
 ambient + consistency, start="data"       B + fB(k + 1 + 2K)             B + fB (single_backward)
 ambient + consistency, start="ambient"    B + 2KfB (teacher shared)      B + fB (single_backward)
-ambient + consistency, target="samples"   B + fB(2K + 2)                 B + fB
+ambient + consistency, target="samples"   B + fB(K + 2)                  B + fB
 ========================================  ============================  ======================
 
 (All but ``fB`` of the consistency evaluations run without a graph; with
@@ -54,7 +54,7 @@ class ConsistencyConfig:
     # start, chain_steps, step, teacher_grad and single_backward)
     target: Literal["step", "below", "samples"] = "step"
     step: float = 0.05  # relative step size for target="step"
-    substeps: int = 1  # ancestral substeps of each draw (no graph); "samples": Heun steps
+    substeps: int = 1  # ancestral substeps of each draw (no graph); "samples": ODE steps
     lift: float = 1.1  # target="samples": the draws start at lift * sigma_n
     sigma_min: float = 0.002  # lowest level trained by consistency
     weighting: Literal["none", "edm"] = "none"  # "edm": times lambda(sigma') / lambda(sigma_n)

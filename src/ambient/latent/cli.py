@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import typing
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 
 from ambient.defaults import DEFAULT_CONSISTENCY
 from ambient.errors import AmbientError
+from ambient.samplers import SamplerName
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -61,7 +63,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num", type=int, default=4, help="images per prompt")
     p.add_argument("--steps", type=int, default=25, help="sampling steps")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
-    p.add_argument("--sampler", choices=("ddim", "euler", "heun"), default="ddim")
+    p.add_argument("--sampler", choices=typing.get_args(SamplerName), default="ddim")
     p.add_argument("--truncate", action="store_true",
                    help="truncated sampling at the run's t_n (or --t-n): output D(x, t_n)")
     p.add_argument("--t-n", type=int, help="timestep for --truncate (default: the run's t_n)")
@@ -83,7 +85,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                         "torchscript:FILE or pixels")
     p.add_argument("--t-start", type=int, default=900, help="timestep of the noised latents")
     p.add_argument("--steps", type=int, default=25, help="sampling steps")
-    p.add_argument("--sampler", choices=("ddim", "euler", "heun"), default="ddim")
+    p.add_argument("--sampler", choices=typing.get_args(SamplerName), default="ddim")
     p.add_argument("--mask-fraction", type=float,
                    help="masked variant: hide a centred box of this fraction of the side and "
                         "fill it in from pure noise (--t-start and --sampler apply to the noise "
