@@ -151,8 +151,8 @@ def sample_multistep(
 
         x_{i+1} = r_i x_i + (1 - r_i) D~_i,   D~_i = D_i + (D_i - D_{i-1}) h_i / (2 h_{i-1})
 
-    (``D~_0 = D_0``, and the last step, to ``sigma = 0``, is ``x = D`` as in DDIM): DDIM's exact
-    step for a constant ``D`` with ``D`` extrapolated linearly in ``ln sigma``."""
+    (``D~_0 = D_0``, and the last step, to ``sigma = 0``, is ``x = D`` as in DDIM): the DDIM step
+    :func:`reverse_step` (``eta = 0``) with ``D`` extrapolated linearly in ``ln sigma``."""
     sigmas = sigmas.to(device=x.device, dtype=x.dtype)
     previous, h_previous = None, None
     for i in _progress(len(sigmas) - 1, progress, "multistep"):
@@ -164,8 +164,7 @@ def sample_multistep(
         extrapolated = denoised
         if previous is not None:
             extrapolated = denoised + (denoised - previous) * bcast(h / (2 * h_previous), x)
-        ratio = bcast(s_next / s, x)
-        x = ratio * x + (1 - ratio) * extrapolated
+        x = reverse_step(x, extrapolated, s, s_next, 0.0)
         previous, h_previous = denoised, h
     return x
 
