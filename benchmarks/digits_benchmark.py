@@ -7,7 +7,8 @@ oracle shared by all levels. It reports the Frechet distance (digits features) o
 samples (full sampling; truncated at sigma_n too for the no-consistency model) to the held-out
 clean digits, and the one-step denoising MSE on them at several levels (the paper's Table 1).
 ``--net unet`` uses a small UNet instead (1500 steps; its clean oracle is near exact), and
-``--methods`` picks the methods (e.g. ``ambient_two_draws``, the previous consistency default).
+``--methods`` picks the methods (e.g. ``ambient_two_draws``, the two-draw consistency estimator, or
+``ambient_previous``, the own-sample default before the warm start).
 
     python benchmarks/digits_benchmark.py              # writes benchmarks/results/digits.md
     python benchmarks/digits_benchmark.py --quick --out /tmp/digits/digits.md   # smoke run
@@ -34,7 +35,7 @@ from ambient.evaluate.report import Report
 from ambient.evaluate.runs import DENOISING_LEVELS, evaluate_run
 from ambient.images import save_grid
 from ambient.train import TrainConfig, load_run, train
-from consistency_ablation import PAIRS
+from consistency_ablation import PAIRS, PREVIOUS
 
 SIGMAS = (0.1, 0.2, 0.4)
 STEPS, QUICK_STEPS = {"mlp": 4000, "unet": 1500}, 150  # training steps per model, by network
@@ -60,8 +61,11 @@ METHODS = {
     "ambient_no_consistency": Method("ambient, no consistency", "ambient", False,
                                      ("full", "truncated")),
     "ambient_consistency": Method("ambient + consistency (default)", "ambient", True, ("full",)),
-    "ambient_two_draws": Method("ambient + consistency, two draws (previous default)", "ambient",
-                                True, ("full",), tuple(PAIRS.items())),
+    "ambient_two_draws": Method("ambient + consistency, two draws", "ambient", True, ("full",),
+                                tuple(PAIRS.items())),
+    "ambient_previous": Method("ambient + consistency, own samples, EDM schedule, no warm start "
+                               "(previous default)", "ambient", True, ("full",),
+                               tuple(PREVIOUS.items())),
 }
 DEFAULT_METHODS = ("naive_dsm", "ambient_no_consistency", "ambient_consistency")
 NETS = {"mlp": None, "unet": {"kind": "unet"}}  # None: the digits default network (an MLP)

@@ -32,7 +32,7 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["digits_benchmark.py"]),
     ("digits_unet.md", "Digits with a small UNet (a near-exact clean oracle), sigma_n = 0.2",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--methods",
-      "ambient_no_consistency", "ambient_consistency", "ambient_two_draws"]),
+      "ambient_no_consistency", "ambient_consistency", "ambient_previous", "ambient_two_draws"]),
     ("memorization.md", "Memorization: clean-trained vs noisy-trained",
      ["memorization_benchmark.py"]),
 ]

@@ -40,8 +40,8 @@ def tiny_problem(delay: float = 0.0, n: int = 24):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(4, 16), nn.SiLU(), nn.Dropout(0.1), nn.Linear(16, 4))
 
-    def loss_fn(model: nn.Module, idx: Tensor,
-                gen: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss_fn(model: nn.Module, idx: Tensor, gen: torch.Generator | None,
+                step: int) -> tuple[Tensor, dict[str, Tensor]]:
         if delay:
             time.sleep(delay)
         x = data.to(idx.device)[idx]

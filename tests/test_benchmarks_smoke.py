@@ -23,7 +23,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "](./digits/data_sigma0.png)" in results  # image links point into the results folder
     unet = (tmp_path / "digits_unet.md").read_text(encoding="utf-8")
     assert "the network {'kind': 'unet'}" in unet
-    assert "two draws (previous default) | full" in unet
+    assert "consistency, two draws | full" in unet and "(previous default) | full" in unet
 
     digits = (tmp_path / "digits.md").read_text(encoding="utf-8")
     for label in ("reference: the training digits themselves", "clean-data oracle",

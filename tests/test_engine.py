@@ -114,11 +114,11 @@ def test_ctrl_c_writes_checkpoint_and_resumes(tmp_path, reference):
     model, loss_fn, n = tiny_problem()
     calls = []
 
-    def loss(model, idx, gen):
+    def loss(model, idx, gen, step):
         calls.append(1)
         if len(calls) == 13:  # Ctrl-C during step 12: the loop stops before step 13
             os.kill(os.getpid(), signal.SIGINT)
-        return loss_fn(model, idx, gen)
+        return loss_fn(model, idx, gen, step)
 
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted, match="SIGINT at step 13") as info:
@@ -229,8 +229,8 @@ def _nan_at(steps: set[int]):
     model, loss_fn, n = tiny_problem()
     calls = []
 
-    def loss(model, idx, gen):
-        value, stats = loss_fn(model, idx, gen)
+    def loss(model, idx, gen, step):
+        value, stats = loss_fn(model, idx, gen, step)
         calls.append(len(calls))
         if calls[-1] in steps:
             value = value * float("nan")
@@ -276,9 +276,9 @@ def test_unwritable_run_dir_fails_before_training(tmp_path):
     model, loss_fn, n = tiny_problem()
     calls = []
 
-    def loss(model, idx, gen):
+    def loss(model, idx, gen, step):
         calls.append(1)
-        return loss_fn(model, idx, gen)
+        return loss_fn(model, idx, gen, step)
 
     with pytest.raises(AmbientError, match="not writable"):
         run_training(model, loss, n, tiny_config(5), blocker / "run", progress=False)

@@ -1,5 +1,7 @@
 """Samplers driven by the analytic denoiser of a Gaussian mixture reproduce the right laws."""
 
+import math
+
 import pytest
 import torch
 
@@ -85,6 +87,14 @@ def test_edm_sigmas_schedule():
     assert s[-1] == 0 and torch.all(s[:-1] > s[1:])
     with pytest.raises(ValueError):
         samplers.edm_sigmas(0)
+
+
+def test_edm_sigmas_rho_inf_is_the_geometric_limit():
+    geo = samplers.edm_sigmas(7, 0.002, 0.33, rho=math.inf)
+    ratios = geo[:-2] / geo[1:-1]
+    assert geo[0] == pytest.approx(0.33) and geo[-2] == pytest.approx(0.002) and geo[-1] == 0
+    assert torch.allclose(ratios, ratios[0].expand_as(ratios))
+    assert torch.allclose(samplers.edm_sigmas(7, 0.002, 0.33, rho=1e6), geo, rtol=1e-4)
 
 
 def test_per_sample_schedules_match_one_schedule_per_sample(gmm):

@@ -16,7 +16,14 @@ from ambient.data import NoisyDataset, resolve_dataset
 from ambient.engine import EngineConfig
 from ambient.errors import AmbientError
 from ambient.objective import ConsistencyConfig, ObjectiveConfig
-from ambient.train import TrainConfig, config_from_dict, config_to_dict, load_run, train
+from ambient.train import (
+    DatasetLoss,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    load_run,
+    train,
+)
 
 WORKER = Path(__file__).with_name("_two_process_worker.py")
 TINY_MLP = {"kind": "mlp", "hidden": 16, "depth": 1, "emb_dim": 8}
@@ -68,6 +75,7 @@ def test_bad_config_names_the_key(d, message):
     ({"consistency": {"lift": 0.5}}, r"objective\.consistency\.lift must be >= 1"),
     ({"consistency": {"fraction": 0}}, r"objective\.consistency\.fraction must be in \(0, 1\]"),
     ({"consistency": {"substeps": 0}}, r"objective\.consistency\.substeps must be >= 1"),
+    ({"consistency": {"warmup": 1.0}}, r"objective\.consistency\.warmup must be in \[0, 1\)"),
     ({"weight_cap": 0.5}, r"objective\.weight_cap must be finite and >= 1"),
     ({"sigma_data": 0}, r"objective\.sigma_data must be > 0"),
 ])
@@ -79,6 +87,20 @@ def test_impossible_objective_values_stop_before_training(tmp_path, vectors, obj
 
 
 # ------------------------------------------------------------------------------- train
+
+
+def test_consistency_switches_on_after_the_warm_start(vectors):
+    """warmup = 0.5 of 10 steps: steps 0-4 train the ambient loss alone, 5-9 add consistency."""
+    from ambient.nets import MLP, MLPConfig
+    from ambient.precond import EDMPrecond
+
+    consistency = ConsistencyConfig(weight=1.0, target="samples", substeps=2, warmup=0.5)
+    loss_fn = DatasetLoss(vectors, ObjectiveConfig(consistency=consistency), total_steps=10)
+    model = EDMPrecond(MLP(2, MLPConfig(hidden=8, depth=1)), 0.5)
+    idx = torch.arange(len(vectors))
+    on = ["consistency" in loss_fn(model, idx, torch.Generator().manual_seed(k), k)[1]
+          for k in range(10)]
+    assert on == [False] * 5 + [True] * 5
 
 
 def test_train_then_load_run(tmp_path, vectors):

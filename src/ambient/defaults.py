@@ -14,14 +14,15 @@ from ambient.engine import EngineConfig
 from ambient.objective import ConsistencyConfig, ObjectiveConfig
 from ambient.train import TrainConfig
 
-# Chosen by benchmarks/consistency_ablation.py (see benchmarks/RESULTS.md): consistency as a
-# fixed point. On a quarter of the batch the model's own probability-flow ODE (6 steps of a
-# 2nd-order multistep solver) takes the data, lifted to 1.1 sigma_n, to 0, and the DSM loss on
-# those draws trains D below sigma_n (ambient.losses.own_sample_loss). It beat the two-draw
-# estimator (start="ambient", target="below", 6 substeps: the previous default) at every
-# sigma_n of the mixture benchmark.
+# Chosen by benchmarks/consistency_ablation.py and benchmarks/digits_benchmark.py (see
+# benchmarks/RESULTS.md): consistency as a fixed point. On a quarter of the batch the model's own
+# probability-flow ODE (6 geometric steps of a 2nd-order multistep solver) takes the data, lifted
+# to 1.1 sigma_n, to 0, and the DSM loss on those draws trains D below sigma_n
+# (ambient.losses.own_sample_loss), from half-way through training on (warm start). It beat the
+# two-draw estimator (start="ambient", target="below", 6 substeps) at every sigma_n of the
+# mixture benchmark; the geometric ODE schedule and the warm start close the digits gap.
 DEFAULT_CONSISTENCY = ConsistencyConfig(weight=1.0, fraction=0.25, start="data", target="samples",
-                                        substeps=6, lift=1.1)
+                                        substeps=6, lift=1.1, schedule="geometric", warmup=0.5)
 # Ambient weighting lambda(sigma) * min(1/r^2, 10): learns D near sigma_n better than the
 # paper's lambda * r^2 (which vanishes as sigma -> sigma_n), same measurement.
 DEFAULT_WEIGHT_CAP = 10.0

@@ -1,6 +1,6 @@
 """The generic training loop: any model, any per-batch loss, 1 CPU to many GPUs (accelerate).
 
-The caller supplies ``loss_fn(model, batch_indices, generator) -> (loss, stats)``; the engine owns
+The caller supplies ``loss_fn(model, batch_indices, generator, step) -> (loss, stats)``; the engine owns
 the rest: optimiser (Adam on the trainable parameters only), linear LR warm-up, gradient
 clipping, EMA, mixed precision, checkpoints and exact resume, signals, logging.
 
@@ -58,7 +58,8 @@ from ambient.errors import AmbientError
 
 logger = logging.getLogger(__name__)
 
-LossFn = Callable[[nn.Module, Tensor, torch.Generator | None], tuple[Tensor, dict[str, Tensor]]]
+LossFn = Callable[[nn.Module, Tensor, torch.Generator | None, int],
+                  tuple[Tensor, dict[str, Tensor]]]
 SampleFn = Callable[[nn.Module, int, Path], None]
 
 
@@ -436,7 +437,7 @@ class _Run:
         gen = torch.Generator(acc.device).manual_seed(derive_seed(cfg.seed, "loss", step, rank))
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
-        loss, stats = self.loss_fn(self.model, idx, gen)
+        loss, stats = self.loss_fn(self.model, idx, gen, step)
         local = loss.detach().float()
         finite = torch.isfinite(local)
         flags = torch.stack([torch.where(finite, local, torch.zeros_like(local)),
@@ -501,10 +502,11 @@ def run_training(
     """Train ``model`` for ``cfg.steps`` optimiser steps of ``loss_fn`` and return it with its EMA
     weights loaded (the plain weights if EMA is off), in eval mode.
 
-    ``loss_fn(model, batch_indices, generator)`` gets the prepared model (DDP-wrapped when
+    ``loss_fn(model, batch_indices, generator, step)`` gets the prepared model (DDP-wrapped when
     distributed: call it for forward passes, keep your own reference for attributes), this
-    process's ``[batch_size // processes]`` int64 example indices on the device, and a generator
-    on the device seeded per step and process; it returns a scalar loss and detached stats.
+    process's ``[batch_size // processes]`` int64 example indices on the device, a generator
+    on the device seeded per step and process, and the 0-based step (for schedules over
+    training); it returns a scalar loss and detached stats.
     ``run_config`` (JSON-serialisable) is stored in ``run_dir/config.json`` next to ``cfg``.
     ``on_sample(ema_model, step, run_dir)`` runs on the main process every ``cfg.sample_every``
     steps. With ``resume`` the run continues from the newest good checkpoint in ``run_dir``.

@@ -257,14 +257,16 @@ def own_sample_loss(
     sigma_min: float = 0.002,
     sigma_data: float = 0.5,
     generator: torch.Generator | None = None,
+    rho: float = math.inf,
 ) -> LossTerms:
     """Consistency as a fixed point: DSM below ``sigma_n`` on the model's own draws.
 
         x1     = y + sqrt(lift^2 - 1) * s * z                          (a draw of x at lift * s)
         x0_hat = probability-flow ODE of the model, dx/dsigma = (x - D(x, sigma)) / sigma, from
                  lift * s to 0 (``steps`` steps of the 2nd-order multistep solver
-                 :func:`ambient.samplers.sample_multistep` on the EDM schedule to sigma_min, then
-                 D(., sigma_min)); no graph
+                 :func:`ambient.samplers.sample_multistep` on the schedule
+                 ``edm_sigmas(steps + 1, sigma_min, lift * s, rho)`` (geometric for rho = inf),
+                 then D(., sigma_min)); no graph
         loss   = lambda(sigma') * mean((D(x0_hat + sigma' eps, sigma') - x0_hat)^2)
 
     Its minimiser makes ``D(., sigma')`` the posterior mean of the law ``q`` of the model's own
@@ -274,14 +276,18 @@ def own_sample_loss(
     (just above the data's level, where ``D`` is trained); on a Gaussian of variance ``v`` one
     refit moves the model's variance towards ``v`` by the factor ``(lift s)^2 / (v + (lift s)^2)``
     (the ancestral SDE: ``1 - (v / (v + s^2))^2``, slower), so directions where the clean data
-    barely vary relative to ``s`` converge slowly. Cost: ``steps + 1`` forward evaluations
-    without a graph, then one with a graph (``y`` and ``sigma_n`` per sample)."""
+    barely vary relative to ``s`` converge slowly, and the same slowness amplifies the ODE's
+    discretisation error at the fixed point by about ``1 / (1 - factor)``: on that Gaussian
+    (``v = 0.01``, ``s = 0.3``, lift 1.1, 6 steps) the fixed point's variance is 1.96 v on the EDM
+    schedule (rho = 7) and 1.16 v on the geometric one (rho = inf), hence the default. Cost:
+    ``steps + 1`` forward evaluations without a graph, then one with a graph (``y`` and
+    ``sigma_n`` per sample)."""
     if lift < 1:
         raise ValueError(f"lift must be >= 1 (the draws start at or above sigma_n), got {lift}")
     s = as_levels(sigma_n, y)
     with torch.no_grad():
         noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
         x = add_noise_ve(y, s, lift * s, noise)
-        x0 = sample_multistep(denoiser, x, edm_sigmas(steps + 1, sigma_min, lift * s).to(y.dtype))
+        x0 = sample_multistep(denoiser, x, edm_sigmas(steps + 1, sigma_min, lift * s, rho).to(y.dtype))
     eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
     return dsm_loss(denoiser, x0, sigma_next, eps, sigma_data)

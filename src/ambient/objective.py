@@ -22,7 +22,7 @@ teacher's ``fB``.)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -38,7 +38,7 @@ from ambient.losses import (
     sample_sigma_above,
     sure_loss,
 )
-from ambient.samplers import reverse_step
+from ambient.samplers import EDM_RHO, reverse_step
 
 
 @dataclass
@@ -56,6 +56,9 @@ class ConsistencyConfig:
     step: float = 0.05  # relative step size for target="step"
     substeps: int = 1  # ancestral substeps of each draw (no graph); "samples": ODE steps
     lift: float = 1.1  # target="samples": the draws start at lift * sigma_n
+    # target="samples": levels of the draws' ODE, geometric or EDM's rho = 7 (see own_sample_loss)
+    schedule: Literal["geometric", "edm"] = "geometric"
+    warmup: float = 0.0  # share of the training steps before the term switches on (warm start)
     sigma_min: float = 0.002  # lowest level trained by consistency
     weighting: Literal["none", "edm"] = "none"  # "edm": times lambda(sigma') / lambda(sigma_n)
     teacher_grad: bool = False  # let gradients reach the teacher D(x, sigma)
@@ -69,7 +72,9 @@ class ConsistencyConfig:
                   ("step", 0 < self.step < 1, "in (0, 1)"),
                   ("substeps", self.substeps >= 1, ">= 1"),
                   ("lift", self.lift >= 1, ">= 1 (the draws start at or above sigma_n)"),
-                  ("sigma_min", self.sigma_min > 0, "> 0")]
+                  ("sigma_min", self.sigma_min > 0, "> 0"),
+                  ("warmup", 0 <= self.warmup < 1, "in [0, 1)"),
+                  ("schedule", self.schedule in ("geometric", "edm"), "'geometric' or 'edm'")]
         for name, ok, rule in checks:
             if not ok:
                 raise AmbientError(f"{prefix}.{name} must be {rule}, got {getattr(self, name)}")
@@ -95,6 +100,14 @@ class ObjectiveConfig:
             if not getattr(self, name) > 0:
                 raise AmbientError(f"objective.{name} must be > 0, got {getattr(self, name)}")
         self.consistency.validate()
+
+
+def consistency_at(cfg: ConsistencyConfig, step: int, total_steps: int) -> ConsistencyConfig:
+    """The consistency settings in force at 0-based training step ``step`` of ``total_steps``:
+    switched off (weight 0) while ``step < warmup * total_steps``, then ``cfg``. The warm start
+    lets the model first learn ``D`` above sigma_n, so that its own draws, the targets of the
+    consistency term, start from its extrapolation below sigma_n rather than from noise."""
+    return replace(cfg, weight=0.0) if step < cfg.warmup * total_steps else cfg
 
 
 def _log_uniform(lo: Tensor, hi: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -160,8 +173,9 @@ def consistency_rows(
     floor = torch.full_like(sigma_n, lowest)
     if cfg.target == "samples":
         sigma_next = _log_uniform(floor, sigma_n, generator)
+        rho = math.inf if cfg.schedule == "geometric" else EDM_RHO
         loss = own_sample_loss(denoiser, y, sigma_n, sigma_next, cfg.lift, cfg.substeps,
-                               lowest, sigma_data, generator).loss
+                               lowest, sigma_data, generator, rho).loss
         return _weighted(loss, sigma_next, sigma_n, cfg, sigma_data)
     teacher = None
     if cfg.start == "data":

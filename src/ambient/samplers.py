@@ -16,6 +16,7 @@ which the consistency loss reuses for its draws:
 
 from __future__ import annotations
 
+import math
 import typing
 from collections.abc import Callable
 from typing import Literal
@@ -28,17 +29,19 @@ from ambient.noise import add_noise_ve, bcast
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 SamplerName = Literal["heun", "euler", "ddim", "multistep"]
+EDM_RHO = 7.0  # the EDM schedule's default curvature
 
 
 def edm_sigmas(
     num_steps: int,
     sigma_min: float = 0.002,
     sigma_max: float | Tensor = 80.0,
-    rho: float = 7.0,
+    rho: float = EDM_RHO,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """EDM (Karras et al.) schedule with a final 0:
-    ``sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho``, i = 0..n-1.
+    ``sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho``, i = 0..n-1;
+    ``rho = inf`` is its limit, the geometric schedule ``sigma_i = smax (smin/smax)^(i/(n-1))``.
 
     ``sigma_max`` may be per-sample levels ``[N]``: the result is then one schedule per sample,
     shape ``[n + 1, N]`` (every sampler here accepts such a schedule)."""
@@ -49,9 +52,12 @@ def edm_sigmas(
         raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
     i = torch.arange(num_steps, dtype=torch.float64, device=top.device)
     frac = (i / max(num_steps - 1, 1)).reshape(-1, *([1] * top.ndim))
-    inv = top ** (1 / rho) + frac * (sigma_min ** (1 / rho) - top ** (1 / rho))
-    return torch.cat([inv**rho, torch.zeros((1, *top.shape), dtype=torch.float64,
-                                            device=top.device)])
+    if math.isinf(rho):
+        levels = top * (sigma_min / top) ** frac
+    else:
+        levels = (top ** (1 / rho) + frac * (sigma_min ** (1 / rho) - top ** (1 / rho))) ** rho
+    return torch.cat([levels, torch.zeros((1, *top.shape), dtype=torch.float64,
+                                          device=top.device)])
 
 
 def reverse_step(

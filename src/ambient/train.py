@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from ambient.engine import EngineConfig, SampleFn, run_training, trainable_param
 from ambient.errors import AmbientError
 from ambient.images import save_grid
 from ambient.nets import backbone_config, build_backbone
-from ambient.objective import ObjectiveConfig, training_loss
+from ambient.objective import ObjectiveConfig, consistency_at, training_loss
 from ambient.precond import EDMPrecond
 from ambient.samplers import sample
 
@@ -104,16 +104,20 @@ def _type_name(tp: Any) -> str:
 
 class DatasetLoss:
     """``loss_fn`` of the engine: the objective on rows ``idx`` of the dataset, whose tensors
-    move to the device of the indices on first use and stay there."""
+    move to the device of the indices on first use and stay there; the consistency term follows
+    its warm start (:func:`ambient.objective.consistency_at`) over ``total_steps``."""
 
-    def __init__(self, dataset: NoisyDataset, objective: ObjectiveConfig) -> None:
+    def __init__(self, dataset: NoisyDataset, objective: ObjectiveConfig, total_steps: int) -> None:
         self.y, self.sigma_n, self.objective = dataset.y, dataset.sigma_n, objective
+        self.total_steps = total_steps
 
-    def __call__(self, model: nn.Module, idx: Tensor,
-                 generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
+    def __call__(self, model: nn.Module, idx: Tensor, generator: torch.Generator | None,
+                 step: int) -> tuple[Tensor, dict[str, Tensor]]:
         if self.y.device != idx.device:
             self.y, self.sigma_n = self.y.to(idx.device), self.sigma_n.to(idx.device)
-        return training_loss(model, self.y[idx], self.sigma_n[idx], self.objective, generator)
+        consistency = consistency_at(self.objective.consistency, step, self.total_steps)
+        objective = replace(self.objective, consistency=consistency)
+        return training_loss(model, self.y[idx], self.sigma_n[idx], objective, generator)
 
 
 def image_grid_callback(sample_shape: tuple[int, ...], sigma_max: float, count: int = 16,
@@ -175,7 +179,7 @@ def train(cfg: TrainConfig, dataset: NoisyDataset, run_dir: Path, resume: bool =
         ckpt, loaded = _load_weights(Path(init_from), model, "ema")
         run_config["init_from"] = {"path": str(ckpt.path), "step": ckpt.step, "weights": loaded}
     on_sample = image_grid_callback(shape, obj.sigma_max) if dataset.is_image else None
-    return run_training(model, DatasetLoss(dataset, obj), len(dataset), cfg.engine,
+    return run_training(model, DatasetLoss(dataset, obj, cfg.engine.steps), len(dataset), cfg.engine,
                         Path(run_dir), resume=resume, run_config=run_config,
                         on_sample=on_sample, progress=progress)
 

@@ -38,7 +38,7 @@ from ambient.latent.cache import (
 from ambient.latent.data import list_examples
 from ambient.latent.loss import latent_loss
 from ambient.latent.model import LatentModel, load_pipeline
-from ambient.objective import ConsistencyConfig
+from ambient.objective import ConsistencyConfig, consistency_at
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         unet.enable_gradient_checkpointing()
     consistency = cfg.consistency_config()
 
-    def loss_fn(net: nn.Module, index: Tensor, generator: torch.Generator | None):
+    def loss_fn(net: nn.Module, index: Tensor, generator: torch.Generator | None, step: int):
         rows = index.cpu()
         y = latents[rows].to(index.device)
         cond = table.select(caption_row[rows])
@@ -193,8 +193,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         def make_denoiser(c: UNetConditioning) -> UNetDenoiser:
             return model.denoiser(c, unet=net, dtype=dtype)
 
-        return latent_loss(make_denoiser, y, cond, model.alphas_cumprod, cfg.t_n, consistency,
-                           generator)
+        return latent_loss(make_denoiser, y, cond, model.alphas_cumprod, cfg.t_n,
+                           consistency_at(consistency, step, cfg.engine.steps), generator)
 
     settings = {k: v for k, v in asdict(cfg).items() if k != "engine"}
     settings.update(consistency=asdict(consistency), pretrained=str(Path(cfg.pretrained).resolve()),
