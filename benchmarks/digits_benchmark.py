@@ -8,7 +8,10 @@ samples (full sampling; truncated at sigma_n too for the no-consistency model) t
 clean digits, and the one-step denoising MSE on them at several levels (the paper's Table 1).
 ``--net unet`` uses a small UNet instead (1500 steps; its clean oracle is near exact), and
 ``--methods`` picks the methods (e.g. ``ambient_two_draws``, the two-draw consistency estimator, or
-``ambient_previous``, the own-sample default before the warm start).
+``ambient_previous``, the own-sample default before the warm start). ``--seeds`` repeats every
+model with other training and sampling seeds (the noisy digits stay the same draw): the tables
+then give the mean and standard deviation over seeds, and a summary line gives, per seed, the
+share of the gap between truncated sampling and the clean oracle that full sampling closes.
 
     python benchmarks/digits_benchmark.py              # writes benchmarks/results/digits.md
     python benchmarks/digits_benchmark.py --quick --out /tmp/digits/digits.md   # smoke run
@@ -17,6 +20,7 @@ clean digits, and the one-step denoising MSE on them at several levels (the pape
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 import tempfile
@@ -77,19 +81,21 @@ class RunResult:
 
     method: Method
     sigma_n: float
+    seed: int  # training and sampling seed
     seconds: float  # training wall time
     frechet: dict[str, float]  # sampling mode -> Frechet distance to the held-out digits
     denoising: dict[float, float]  # level -> one-step denoising MSE on the held-out digits
     grids: dict[str, Path]  # sampling mode -> PNG of samples
 
 
-def train_config(method: Method, steps: int, sigma_n: float, net: str = "mlp") -> TrainConfig:
-    """The digits defaults with ``method``'s objective, the network ``net`` (a key of NETS) and
-    ``steps`` steps (no sample grids)."""
+def train_config(method: Method, steps: int, sigma_n: float, net: str = "mlp",
+                 seed: int = 0) -> TrainConfig:
+    """The digits defaults with ``method``'s objective, the network ``net`` (a key of NETS),
+    ``steps`` steps and the engine seed ``seed`` (no sample grids)."""
     cfg = default_train_config("digits")
     cfg.net = NETS[net] or cfg.net
     cfg.engine = replace(cfg.engine, steps=steps, sample_every=0, checkpoint_every=steps,
-                         log_every=max(1, steps // 10))
+                         log_every=max(1, steps // 10), seed=seed)
     cfg.objective.method = method.objective
     cfg.objective.consistency = replace(cfg.objective.consistency, **dict(method.overrides))
     if not method.consistency:
@@ -99,21 +105,22 @@ def train_config(method: Method, steps: int, sigma_n: float, net: str = "mlp") -
 
 
 def run_method(name: str, method: Method, sigma_n: float, steps: int, num: int, runs: Path,
-               figures: Path, net: str = "mlp") -> RunResult:
-    """Train ``method`` on the digits corrupted once at ``sigma_n``, then sample and score it."""
-    run_dir = runs / f"{name}_sigma{sigma_n:g}"
+               figures: Path, net: str = "mlp", seed: int = 0, grids: bool = True) -> RunResult:
+    """Train ``method`` (engine seed ``seed``) on the digits corrupted once at ``sigma_n``, then
+    sample (seed ``seed``) and score it; with ``grids``, save its first 64 samples as PNGs."""
+    run_dir = runs / f"{name}_sigma{sigma_n:g}_seed{seed}"
     start = time.perf_counter()
-    train(train_config(method, steps, sigma_n, net), resolve_dataset("digits", sigma_n, seed=0),
-          run_dir, progress=False)
+    train(train_config(method, steps, sigma_n, net, seed),
+          resolve_dataset("digits", sigma_n, seed=0), run_dir, progress=False)
     seconds = time.perf_counter() - start
     denoiser, config = load_run(run_dir)
-    metrics = evaluate_run(denoiser, config, num=num, steps=SAMPLER_STEPS, seed=0,
+    metrics = evaluate_run(denoiser, config, num=num, steps=SAMPLER_STEPS, seed=seed,
                            modes=method.modes)
-    grids = {mode: save_grid(drawn[:64], figures / f"{name}_sigma{sigma_n:g}_{mode}.png")
-             for mode, drawn in metrics.drawn.items()}
-    return RunResult(method, sigma_n, seconds,
+    pngs = {mode: save_grid(drawn[:64], figures / f"{name}_sigma{sigma_n:g}_{mode}.png")
+            for mode, drawn in metrics.drawn.items()} if grids else {}
+    return RunResult(method, sigma_n, seed, seconds,
                      {mode: m["frechet"] for mode, m in metrics.samples.items()},
-                     metrics.denoising, grids)
+                     metrics.denoising, pngs)
 
 
 def data_references(sigmas: Sequence[float], figures: Path) -> tuple[dict[float, float],
@@ -135,16 +142,64 @@ def level_column(sigma_n: float) -> str:
     return "clean data" if sigma_n == 0 else f"sigma_n={sigma_n:g}"
 
 
+def mean_sd(values: Sequence[float], spec: str = ".4g", sd_spec: str = ".2g") -> str:
+    """One value as is; several as ``mean ± sd`` (sample standard deviation)."""
+    if len(values) == 1:
+        return f"{values[0]:{spec}}"
+    t = torch.tensor(values, dtype=torch.float64)
+    return f"{float(t.mean()):{spec}} ± {float(t.std()):{sd_spec}}"
+
+
 def frechet_rows(results: Sequence[RunResult],
                  references: dict[float, float]) -> list[dict[str, object]]:
-    """One row per method and sampling mode, one column per training noise level."""
-    rows: dict[tuple[str, str], dict[str, float]] = {
+    """One row per method and sampling mode, one column per training noise level (over seeds:
+    mean ± sd)."""
+    rows: dict[tuple[str, str], dict[str, object]] = {
         ("reference: the training digits themselves", "-"): {
             level_column(s): v for s, v in references.items()}}
+    values: dict[tuple[str, str], dict[str, list[float]]] = {}
     for r in results:
         for mode, value in r.frechet.items():
-            rows.setdefault((r.method.label, mode), {})[level_column(r.sigma_n)] = value
+            values.setdefault((r.method.label, mode), {}).setdefault(
+                level_column(r.sigma_n), []).append(value)
+    for key, cells in values.items():
+        rows[key] = {column: mean_sd(v) for column, v in cells.items()}
     return [{"method": label, "sampling": mode, **cells} for (label, mode), cells in rows.items()]
+
+
+def gap_closed(results: Sequence[RunResult]) -> str:
+    """For each model trained on noisy digits, per seed: the share of the Frechet gap between
+    truncated sampling (of the no-consistency model) and the clean oracle, both of the same
+    seed, that its full sampling closes, ``(truncated - full) / (truncated - oracle)``
+    (1 = as good as the oracle, 0 = no better than truncated sampling)."""
+    oracle = {r.seed: r.frechet["full"] for r in results if r.method == ORACLE}
+    truncated = {(r.seed, r.sigma_n): r.frechet["truncated"] for r in results
+                 if "truncated" in r.frechet}
+    shares: dict[tuple[str, float], list[float]] = {}
+    for r in results:
+        key = (r.seed, r.sigma_n)
+        if r.method == ORACLE or key not in truncated or r.seed not in oracle:
+            continue
+        gap = truncated[key] - oracle[r.seed]
+        share = (truncated[key] - r.frechet["full"]) / gap if gap > 0 else math.nan
+        shares.setdefault((r.method.label, r.sigma_n), []).append(share)
+    if not shares:
+        return "(the oracle or the truncated samples have not run yet)"
+    return "\n".join(f"- {label}, sigma_n={sigma_n:g}: full sampling closes "
+                     f"{mean_sd(v, '.2f', '.2f')} of the gap (per seed: "
+                     f"{', '.join(f'{x:.2f}' for x in v)})" for (label, sigma_n), v in shares.items())
+
+
+def seed_means(results: Sequence[RunResult]) -> list[RunResult]:
+    """One result per method and sigma_n, its denoising MSEs and training time averaged over
+    the seeds (Frechet distances and grids: the first seed's)."""
+    groups: dict[tuple[Method, float], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.method, r.sigma_n), []).append(r)
+    return [replace(rs[0], seconds=sum(r.seconds for r in rs) / len(rs),
+                    denoising={s: sum(r.denoising[s] for r in rs) / len(rs)
+                               for s in rs[0].denoising})
+            for rs in groups.values()]
 
 
 def by_method(result: RunResult) -> tuple[int, float]:
@@ -203,8 +258,12 @@ def write_report(results: Sequence[RunResult], references: tuple[dict[float, flo
     """Render ``out`` (markdown, images relative to it) from the runs finished so far."""
     frechet, data_grids = references
     report = Report("Digits benchmark: sample quality and denoising from noisy digits")
+    seeds = sorted({r.seed for r in results})
     report.text(f"Rerun: `{rerun}`. {len(results)} models trained so far, total time "
-                f"{seconds:.0f} s (one CPU thread, shared machine).")
+                f"{seconds:.0f} s (one CPU thread, shared machine). Seeds (training and "
+                f"sampling; the noisy digits are the same draw): {', '.join(map(str, seeds))}"
+                + ("; cells are the mean ± standard deviation over them, the denoising tables "
+                   "and times the mean." if len(seeds) > 1 else "."))
     report.text(f"Data: the {len(load_digits('train'))} scikit-learn training digits (8x8, "
                 f"range [-1, 1]), each corrupted once with Gaussian noise of std sigma_n; scored "
                 f"against the {len(load_digits('test'))} held-out clean digits. Every model is "
@@ -218,31 +277,36 @@ def write_report(results: Sequence[RunResult], references: tuple[dict[float, flo
                    "better)")
     columns = ["method", "sampling", *(level_column(s) for s in sorted(frechet))]
     report.table(frechet_rows(results, frechet), columns)
+    report.text("Share of the gap between truncated sampling and the clean oracle closed by "
+                "full sampling, (truncated - full) / (truncated - oracle), same seed:")
+    report.text(gap_closed(results))
+    means = seed_means(results)
     report.heading("One-step denoising MSE on the held-out clean digits (the paper's Table 1)")
     report.text("mse(sigma) = mean (D(x0 + sigma z, sigma) - x0)^2 with the same noise z for "
                 "every model. Italic cells: levels below the model's sigma_n, where the ambient "
                 "loss gives no training signal (only consistency reaches them). Claim: models "
                 "trained at different sigma_n denoise equally well at every level above their "
                 "sigma_n.")
-    report.text(denoising_markdown(results))
-    report.text(claim_summary(results))
+    report.text(denoising_markdown(means))
+    report.text(claim_summary(means))
     report.heading("Training time")
     report.table([{"method": r.method.label, "sigma_n": r.sigma_n, "train s": r.seconds,
-                   "ms/step": 1000 * r.seconds / steps} for r in results])
+                   "ms/step": 1000 * r.seconds / steps} for r in means])
     report.heading("Samples (first 64)")
     for level, grid in data_grids.items():
         report.image(grid, f"training data, {level_column(level)}")
-    for r in results:
+    for r in means:
         for mode, grid in r.grids.items():
             report.image(grid, f"{r.method.label}, {level_column(r.sigma_n)}, {mode} sampling")
     return report.write(out, html=False)
 
 
-def plan(sigmas: Sequence[float], methods: Sequence[str] = DEFAULT_METHODS
-         ) -> list[tuple[str, Method, float]]:
-    """The oracle first, then every method at every level."""
-    return [("oracle", ORACLE, 0.0)] + [(name, METHODS[name], s) for s in sigmas
-                                         for name in methods]
+def plan(sigmas: Sequence[float], methods: Sequence[str] = DEFAULT_METHODS,
+         seeds: Sequence[int] = (0,)) -> list[tuple[str, Method, float, int]]:
+    """Per seed: the oracle first, then every method at every level."""
+    return [(name, method, s, seed) for seed in seeds
+            for name, method, s in [("oracle", ORACLE, 0.0)] + [
+                (name, METHODS[name], s) for s in sigmas for name in methods]]
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -259,22 +323,25 @@ def main(argv: Sequence[str] | None = None) -> Path:
                         help="the network of every model (default: the digits default, an MLP)")
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS),
                         default=list(DEFAULT_METHODS), help="methods besides the clean oracle")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="training and sampling seeds of every model (--quick: the first)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/digits.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS[args.net])
     num = args.num or (QUICK_NUM if args.quick else NUM)
+    seeds = args.seeds[:1] if args.quick else args.seeds
     rerun = " ".join([COMMAND, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     figures = args.out.with_suffix("")
     t0 = time.time()
     references = data_references(args.sigmas, figures)
     results: list[RunResult] = []
     with tempfile.TemporaryDirectory() as runs:
-        for name, method, sigma_n in plan(args.sigmas, args.methods):
+        for name, method, sigma_n, seed in plan(args.sigmas, args.methods, seeds):
             results.append(run_method(name, method, sigma_n, steps, num, Path(runs), figures,
-                                      args.net))
-            print(f"{method.label}, sigma_n={sigma_n:g}: frechet {results[-1].frechet}",
-                  flush=True)
+                                      args.net, seed, grids=seed == seeds[0]))
+            print(f"{method.label}, sigma_n={sigma_n:g}, seed {seed}: frechet "
+                  f"{results[-1].frechet}", flush=True)
             out = write_report(results, references, rerun, steps, num, time.time() - t0,
                                args.out, args.net)
     print(f"wrote {out}")

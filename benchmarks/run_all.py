@@ -30,9 +30,13 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["consistency_exact_teacher.py"]),
     ("digits.md", "Digits: sample quality (Frechet distance) and the denoising table",
      ["digits_benchmark.py"]),
-    ("digits_unet.md", "Digits with a small UNet (a near-exact clean oracle), sigma_n = 0.2",
+    ("digits_unet.md", "Digits with a small UNet (a near-exact clean oracle), sigma_n = 0.2, "
+     "three seeds",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
+      "--methods", "ambient_no_consistency", "ambient_consistency"]),
+    ("digits_unet_options.md", "Digits with a small UNet: other consistency options (one seed)",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--methods",
-      "ambient_no_consistency", "ambient_consistency", "ambient_previous", "ambient_two_draws"]),
+      "ambient_no_consistency", "ambient_previous", "ambient_two_draws"]),
     ("memorization.md", "Memorization: clean-trained vs noisy-trained",
      ["memorization_benchmark.py"]),
 ]
@@ -41,6 +45,7 @@ PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra argume
     ("consistency.md", ["--shard", "0/2"]),
     ("consistency.md", ["--shard", "1/2"]),
     ("digits_unet.md", []),
+    ("digits_unet_options.md", []),
     ("digits.md", []),
     ("exact_teacher.md", []),
     ("memorization.md", []),

@@ -23,7 +23,9 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "](./digits/data_sigma0.png)" in results  # image links point into the results folder
     unet = (tmp_path / "digits_unet.md").read_text(encoding="utf-8")
     assert "the network {'kind': 'unet'}" in unet
-    assert "consistency, two draws | full" in unet and "(previous default) | full" in unet
+    assert "full sampling closes" in unet
+    options = (tmp_path / "digits_unet_options.md").read_text(encoding="utf-8")
+    assert "consistency, two draws | full" in options and "(previous default) | full" in options
 
     digits = (tmp_path / "digits.md").read_text(encoding="utf-8")
     for label in ("reference: the training digits themselves", "clean-data oracle",
@@ -61,3 +63,28 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
                   "| mlp | SURE |"):
         assert label in cost, label
     assert float((tmp_path / "run_all_seconds.txt").read_text(encoding="utf-8")) > 0
+
+
+def test_digits_seeds_are_summarised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over seeds the Frechet cells are mean ± sd, the gap share is per seed against that seed's
+    oracle and truncated samples, and the denoising MSEs are averaged."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    digits = importlib.import_module("digits_benchmark")
+    nocons, cons = digits.METHODS["ambient_no_consistency"], digits.METHODS["ambient_consistency"]
+
+    def result(method: object, sigma_n: float, seed: int, frechet: dict[str, float],
+               mse: float) -> object:
+        return digits.RunResult(method, sigma_n, seed, 10.0 * (seed + 1), frechet, {0.1: mse}, {})
+
+    results = []
+    for seed, (oracle, truncated, full) in enumerate([(4.0, 5.0, 4.5), (4.2, 5.2, 4.4)]):
+        results += [result(digits.ORACLE, 0.0, seed, {"full": oracle}, 1.0),
+                    result(nocons, 0.2, seed, {"full": 4.8, "truncated": truncated}, 3.0 + seed),
+                    result(cons, 0.2, seed, {"full": full}, 2.0)]
+    gaps = digits.gap_closed(results)
+    assert "ambient + consistency (default), sigma_n=0.2: full sampling closes 0.65 ± 0.21" in gaps
+    assert "(per seed: 0.50, 0.80)" in gaps
+    rows = {(r["method"], r["sampling"]): r for r in digits.frechet_rows(results, {0.0: 3.0})}
+    assert rows[(cons.label, "full")]["sigma_n=0.2"] == "4.45 ± 0.071"
+    means = {r.method: r for r in digits.seed_means(results)}
+    assert means[nocons].denoising == {0.1: 3.5} and means[nocons].seconds == 15.0
