@@ -28,6 +28,8 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["consistency_ablation.py"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
+    ("consistency_probes.md", "Diagnostic: probes of the own-sample fixed point",
+     ["consistency_probes.py"]),
     ("digits.md", "Digits: sample quality (Frechet distance) and the denoising table",
      ["digits_benchmark.py"]),
     ("digits_unet.md", "Digits with a small UNet (a near-exact clean oracle), sigma_n = 0.2, "
@@ -48,6 +50,7 @@ PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra argume
     ("digits_unet_options.md", []),
     ("digits.md", []),
     ("exact_teacher.md", []),
+    ("consistency_probes.md", []),
     ("memorization.md", []),
 ]
 

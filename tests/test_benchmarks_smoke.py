@@ -58,6 +58,11 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "| learned | 0.3 | 100 |" in teacher and "| exact teacher | 0.3 | 100 |" in teacher
     assert "| <= 1.25 sigma_n | 20 |" in teacher
 
+    probes = (tmp_path / "consistency_probes.md").read_text(encoding="utf-8")
+    for label in ("| fresh draws of p0 (the truth) |", "| Gaussian posterior at 1.1 sigma_n | 0.3 |",
+                  "| draws by an EMA copy (half-life 50 steps) |", "| two levels sigma' per draw |"):
+        assert label in probes, label
+
     cost = (tmp_path / "step_cost.md").read_text(encoding="utf-8")
     for label in ("| unet | DSM |", "| unet | ambient + consistency (default: own samples) |",
                   "| mlp | SURE |"):

@@ -23,6 +23,7 @@ from ambient.evaluate import (
     TorchScriptFeatures,
     build_digits_features_weights,
     component_covariance_error,
+    core_spread,
     denoising_table,
     exactness_table,
     excess_denoising_error,
@@ -126,6 +127,16 @@ def test_component_covariance_error(gmm):
     assert err.trace_ratio == pytest.approx([2, 2, 2], rel=0.08)
     assert err.width_ratio == pytest.approx(math.sqrt(2), rel=0.04)
     assert "too wide" in err.summary()
+
+
+def test_core_spread(gmm):
+    fresh = core_spread(gmm.sample(20000, generator=gen()), gmm)
+    assert fresh.core == pytest.approx(1.0, abs=0.03)
+    assert fresh.stranded == pytest.approx(0.01, abs=0.004)
+    wide = core_spread(GaussianMixture(gmm.weights, gmm.means, 4 * gmm.covs).sample(
+        20000, generator=gen()), gmm)
+    assert wide.core == pytest.approx(2.0, rel=0.05)  # std twice too wide
+    assert wide.stranded > 0.3
 
 
 # ----------------------------------------------------------------------------- Frechet

@@ -247,6 +247,36 @@ def consistency_loss(
     return LossTerms((a * b).flatten(1).sum(1) / d, drawn, levels, out)
 
 
+def own_samples(
+    denoiser: Denoiser,
+    y: Tensor,
+    sigma_n: Tensor | float,
+    lift: float = 1.1,
+    steps: int = 8,
+    sigma_min: float = 0.002,
+    generator: torch.Generator | None = None,
+    rho: float = math.inf,
+) -> Tensor:
+    """The model's own draws from the data, the targets of :func:`own_sample_loss` (no graph):
+
+        x1     = y + sqrt(lift^2 - 1) * s * z                          (a draw of x at lift * s)
+        x0_hat = probability-flow ODE of the model, dx/dsigma = (x - D(x, sigma)) / sigma, from
+                 lift * s to 0 (``steps`` steps of the 2nd-order multistep solver
+                 :func:`ambient.samplers.sample_multistep` on the schedule
+                 ``edm_sigmas(steps + 1, sigma_min, lift * s, rho)`` (geometric for rho = inf),
+                 then D(., sigma_min))
+
+    ``steps + 1`` forward evaluations (``y`` and ``sigma_n`` per sample)."""
+    if lift < 1:
+        raise ValueError(f"lift must be >= 1 (the draws start at or above sigma_n), got {lift}")
+    s = as_levels(sigma_n, y)
+    with torch.no_grad():
+        noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        x = add_noise_ve(y, s, lift * s, noise)
+        return sample_multistep(denoiser, x,
+                                edm_sigmas(steps + 1, sigma_min, lift * s, rho).to(y.dtype))
+
+
 def own_sample_loss(
     denoiser: Denoiser,
     y: Tensor,
@@ -259,14 +289,9 @@ def own_sample_loss(
     generator: torch.Generator | None = None,
     rho: float = math.inf,
 ) -> LossTerms:
-    """Consistency as a fixed point: DSM below ``sigma_n`` on the model's own draws.
+    """Consistency as a fixed point: DSM below ``sigma_n`` on the model's own draws
+    ``x0_hat`` (:func:`own_samples`, from the data lifted to ``lift * s``):
 
-        x1     = y + sqrt(lift^2 - 1) * s * z                          (a draw of x at lift * s)
-        x0_hat = probability-flow ODE of the model, dx/dsigma = (x - D(x, sigma)) / sigma, from
-                 lift * s to 0 (``steps`` steps of the 2nd-order multistep solver
-                 :func:`ambient.samplers.sample_multistep` on the schedule
-                 ``edm_sigmas(steps + 1, sigma_min, lift * s, rho)`` (geometric for rho = inf),
-                 then D(., sigma_min)); no graph
         loss   = lambda(sigma') * mean((D(x0_hat + sigma' eps, sigma') - x0_hat)^2)
 
     Its minimiser makes ``D(., sigma')`` the posterior mean of the law ``q`` of the model's own
@@ -280,14 +305,7 @@ def own_sample_loss(
     discretisation error at the fixed point by about ``1 / (1 - factor)``: on that Gaussian
     (``v = 0.01``, ``s = 0.3``, lift 1.1, 6 steps) the fixed point's variance is 1.96 v on the EDM
     schedule (rho = 7) and 1.16 v on the geometric one (rho = inf), hence the default. Cost:
-    ``steps + 1`` forward evaluations without a graph, then one with a graph (``y`` and
-    ``sigma_n`` per sample)."""
-    if lift < 1:
-        raise ValueError(f"lift must be >= 1 (the draws start at or above sigma_n), got {lift}")
-    s = as_levels(sigma_n, y)
-    with torch.no_grad():
-        noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-        x = add_noise_ve(y, s, lift * s, noise)
-        x0 = sample_multistep(denoiser, x, edm_sigmas(steps + 1, sigma_min, lift * s, rho).to(y.dtype))
+    ``steps + 1`` forward evaluations without a graph, then one with a graph."""
+    x0 = own_samples(denoiser, y, sigma_n, lift, steps, sigma_min, generator, rho)
     eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
     return dsm_loss(denoiser, x0, sigma_next, eps, sigma_data)

@@ -3,9 +3,11 @@ the one-step denoising table, memorisation (nearest-neighbour similarity), plots
 
 from ambient.evaluate.denoising import denoising_table, format_table
 from ambient.evaluate.exactness import (
+    CoreSpread,
     CovarianceError,
     ExactnessRow,
     component_covariance_error,
+    core_spread,
     exactness_table,
     excess_denoising_error,
     sliced_wasserstein,
@@ -37,6 +39,7 @@ from ambient.evaluate.plots import (
 from ambient.evaluate.report import Report
 
 __all__ = [
+    "CoreSpread",
     "CovarianceError",
     "DigitsFeatures",
     "DinoV2Features",
@@ -47,6 +50,7 @@ __all__ = [
     "TorchScriptFeatures",
     "build_digits_features_weights",
     "component_covariance_error",
+    "core_spread",
     "denoising_table",
     "exactness_table",
     "excess_denoising_error",

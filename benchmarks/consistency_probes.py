@@ -1,0 +1,255 @@
+"""Probes of the own-sample consistency (the default): what sets the width of its samples?
+
+The default trains ``D`` below sigma_n by DSM on the model's own ODE draws from the lifted data
+(:func:`ambient.losses.own_samples`), a fixed-point iteration. On the ablation's Gaussian mixture:
+
+1. No training: the exact mixture denoiser stands in for the model, and each way of making
+   targets is applied once to fresh draws of ``p_sigma_n``. This is the error the targets
+   carry even when the model is exact (the ODE's discretisation; the Gaussian-posterior
+   approximation).
+2. Training at sigma_n = 0.3 (the ablation's network and budget, one seed): the default and
+   variants of its draws that are not library options (they replace
+   ``ambient.losses.own_samples`` during the run): draws by a lagging EMA copy of the model (less
+   noisy targets), draws extrapolated away from the EMA copy (momentum on the fixed point), two
+   levels sigma' per draw, a narrow start (truncated draws for the first steps of the term), and
+   targets from the Gaussian posterior at lift * sigma_n (Tweedie's mean and covariance
+   ``s^2 dD/dx``, which does not use the model below sigma_n at all); plus the weight of the term.
+
+Every sample set is scored by the covariance error and width of the ablation and by
+:func:`ambient.evaluate.core_spread` (core: the bulk's width, 1 = right; stranded: share of samples
+far from every component, 0.01 = right).
+
+    python benchmarks/consistency_probes.py    # writes benchmarks/results/consistency_probes.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import ambient.losses
+import ambient.objective
+from ambient.data import GaussianMixture, parse_gmm_spec
+from ambient.evaluate import component_covariance_error, core_spread
+from ambient.evaluate.report import Report
+from ambient.losses import Denoiser, as_levels, dsm_loss, own_samples
+from ambient.noise import add_noise_ve
+from consistency_ablation import GMM, VARIANTS, run_variant
+
+SIGMA_N = 0.3
+DEFAULT = "ambient + consistency (default: own samples)"
+Draws = Callable[..., Tensor]  # own_samples' signature
+
+
+def gaussian_posterior(denoiser: Denoiser, x: Tensor, level: Tensor,
+                       generator: torch.Generator | None) -> Tensor:
+    """A draw of ``N(D(x, s), s^2 J)`` per row, ``J`` the symmetrised Jacobian of ``D(., s)``
+    (central differences, so vectors of small dimension only), negative eigenvalues clipped."""
+    step = (1e-3 * level)[:, None]
+    eye = torch.eye(x.shape[1], dtype=x.dtype)
+    jac = torch.stack([(denoiser(x + step * e, level) - denoiser(x - step * e, level)) / (2 * step)
+                       for e in eye], dim=2)
+    eig, basis = torch.linalg.eigh((0.5 * (jac + jac.transpose(1, 2))).double())
+    root = (basis * eig.clamp_min(0).sqrt()[:, None, :]) @ basis.transpose(1, 2)
+    xi = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    return denoiser(x, level) + level[:, None] * torch.einsum("nij,nj->ni", root.to(x.dtype), xi)
+
+
+def gaussian_posterior_draws(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float,
+                             lift: float = 1.1, steps: int = 8, sigma_min: float = 0.002,
+                             generator: torch.Generator | None = None,
+                             rho: float = math.inf) -> Tensor:
+    """Targets from the Gaussian posterior at ``lift * s`` (same signature as own_samples)."""
+    s = as_levels(sigma_n, y)
+    with torch.no_grad():
+        noise = torch.randn(y.shape, generator=generator, dtype=y.dtype)
+        return gaussian_posterior(denoiser, add_noise_ve(y, s, lift * s, noise), lift * s,
+                                  generator)
+
+
+def ema_draws(halflife: float, extrapolate: float = 1.0) -> Draws:
+    """own_samples by an EMA copy of the model (``decay = 0.5 ** (1 / halflife)``, updated at
+    every call); with ``extrapolate`` != 1 the target is ``ema + extrapolate * (model - ema)``,
+    both draws from the same lifted data."""
+    state: dict[str, Any] = {}
+
+    def draws(denoiser: Denoiser, y: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        model = denoiser if isinstance(denoiser, torch.nn.Module) else None
+        if model is None:
+            raise TypeError("ema_draws needs an nn.Module denoiser")
+        ema = state.setdefault("ema", copy.deepcopy(model).requires_grad_(False))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+                e.lerp_(p, 1 - 0.5 ** (1 / halflife))
+        generator = kwargs.get("generator", args[4] if len(args) > 4 else None)
+        start = generator.get_state() if generator is not None else None
+        lagged = own_samples(ema, y, *args, **kwargs)
+        if extrapolate == 1.0:
+            return lagged
+        if generator is not None:
+            generator.set_state(start)  # the same lifted data for both draws
+        return lagged + extrapolate * (own_samples(model, y, *args, **kwargs) - lagged)
+
+    return draws
+
+
+def truncated_first(calls: int) -> Draws:
+    """own_samples, except that the first ``calls`` draws use truncated sampling's denoiser
+    ``D(x, max(sigma, sigma_n))`` (a narrow start: the law of posterior means)."""
+    count = [0]
+
+    def draws(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, *args: Any,
+              **kwargs: Any) -> Tensor:
+        count[0] += 1
+        if count[0] > calls:
+            return own_samples(denoiser, y, sigma_n, *args, **kwargs)
+        s = as_levels(sigma_n, y)
+
+        def truncated(x: Tensor, level: Tensor) -> Tensor:
+            return denoiser(x, torch.maximum(as_levels(level, x), s))
+
+        return own_samples(truncated, y, sigma_n, *args, **kwargs)
+
+    return draws
+
+
+def two_levels_loss(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, sigma_next: Tensor,
+                    lift: float = 1.1, steps: int = 8, sigma_min: float = 0.002,
+                    sigma_data: float = 0.5, generator: torch.Generator | None = None,
+                    rho: float = math.inf) -> ambient.losses.LossTerms:
+    """own_sample_loss with each draw used at ``sigma_next`` and at a second log-uniform level
+    in ``(sigma_min, s)`` (twice the DSM rows per ODE draw); per-row mean of the two."""
+    x0 = own_samples(denoiser, y, sigma_n, lift, steps, sigma_min, generator, rho)
+    s = as_levels(sigma_n, y)
+    u = torch.rand(s.shape, generator=generator, dtype=s.dtype)
+    second = torch.exp(math.log(sigma_min) + u * (torch.log(s) - math.log(sigma_min)))
+    eps = torch.randn((2 * len(y), *y.shape[1:]), generator=generator, dtype=y.dtype)
+    terms = dsm_loss(denoiser, torch.cat([x0, x0]), torch.cat([sigma_next, second]), eps,
+                     sigma_data)
+    return terms._replace(loss=terms.loss.view(2, -1).mean(0))
+
+
+PROBES: dict[str, tuple[dict[str, object], str | None, Callable[[], Any] | None]] = {
+    # label -> (consistency overrides, what it replaces: "draws" (ambient.losses.own_samples)
+    #           or "loss" (ambient.objective.own_sample_loss), factory of the replacement)
+    DEFAULT: ({}, None, None),
+    "weight 3": ({"weight": 3.0}, None, None),
+    "weight 10": ({"weight": 10.0}, None, None),
+    "draws by an EMA copy (half-life 50 steps)": ({}, "draws", lambda: ema_draws(50)),
+    "draws by an EMA copy (half-life 200 steps)": ({}, "draws", lambda: ema_draws(200)),
+    "extrapolated draws: ema + 3 (model - ema), half-life 50": (
+        {}, "draws", lambda: ema_draws(50, 3.0)),
+    "two levels sigma' per draw": ({}, "loss", lambda: two_levels_loss),
+    "narrow start: truncated draws for the first 250 steps of the term": (
+        {}, "draws", lambda: truncated_first(250)),
+    "targets from the Gaussian posterior at lift * sigma_n (learned D, J)": (
+        {}, "draws", lambda: gaussian_posterior_draws),
+}
+
+
+@contextlib.contextmanager
+def replaced(kind: str | None, factory: Callable[[], Any] | None) -> Iterator[None]:
+    """Within the block, ``ambient.losses.own_samples`` (kind "draws") or
+    ``ambient.objective.own_sample_loss`` (kind "loss") is ``factory()``."""
+    if kind is None or factory is None:
+        yield
+        return
+    module, name = ((ambient.losses, "own_samples") if kind == "draws"
+                    else (ambient.objective, "own_sample_loss"))
+    original = getattr(module, name)
+    setattr(module, name, factory())
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def scores(drawn: Tensor, gmm: GaussianMixture) -> dict[str, float]:
+    cov, spread = component_covariance_error(drawn, gmm), core_spread(drawn, gmm)
+    return {"cov_err": cov.error, "width": cov.width_ratio, "core": spread.core,
+            "stranded": spread.stranded}
+
+
+def exact_targets(exact: Denoiser, y: Tensor, sigma_n: float,
+                  g: torch.Generator) -> dict[str, Tensor]:
+    """Each way of making targets, applied once to the noisy data ``y`` with the denoiser
+    ``exact``."""
+    n = len(y)
+    s, lifted = torch.full((n,), sigma_n), torch.full((n,), 1.1 * sigma_n)
+    return {
+        "own draws, 6 steps, geometric (default)": own_samples(exact, y, s, 1.1, 6, generator=g),
+        "own draws, 6 steps, EDM rho 7": own_samples(exact, y, s, 1.1, 6, generator=g, rho=7.0),
+        "own draws, 24 steps, geometric": own_samples(exact, y, s, 1.1, 24, generator=g),
+        "Gaussian posterior at 1.1 sigma_n": gaussian_posterior_draws(exact, y, s, 1.1,
+                                                                      generator=g),
+        "posterior mean at 1.1 sigma_n (truncated)": exact(
+            add_noise_ve(y, s, lifted, torch.randn(y.shape, generator=g)), lifted),
+    }
+
+
+def exact_rows(n: int) -> list[dict[str, object]]:
+    """Part 1: each target map applied once with the exact mixture denoiser."""
+    gmm, _ = parse_gmm_spec(GMM)
+
+    def exact(x: Tensor, level: Tensor) -> Tensor:
+        return gmm.denoiser(x.double(), as_levels(level, x).double()).to(x.dtype)
+
+    truth = gmm.sample(n, generator=torch.Generator().manual_seed(1))
+    rows: list[dict[str, object]] = [{"targets": "fresh draws of p0 (the truth)", "sigma_n": "-",
+                                      **scores(truth, gmm)}]
+    for sigma_n in (0.15, 0.3, 0.6):
+        g = torch.Generator().manual_seed(2)
+        y = gmm.sample(n, generator=g) + sigma_n * torch.randn(n, gmm.dim, generator=g)
+        rows += [{"targets": label, "sigma_n": sigma_n, **scores(drawn, gmm)}
+                 for label, drawn in exact_targets(exact, y, sigma_n, g).items()]
+    return rows
+
+
+def trained_rows(steps: int, root: Path) -> list[dict[str, object]]:
+    """Part 2: each probe trained at SIGMA_N through the ablation's run_variant."""
+    rows = []
+    for label, (overrides, kind, factory) in PROBES.items():
+        VARIANTS.setdefault(label, ("ambient", False, overrides, {}))
+        start = time.perf_counter()
+        with replaced(kind, factory):
+            row = run_variant(label, SIGMA_N, steps, root)
+        row["train+eval s"] = time.perf_counter() - start
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 100 steps")
+    parser.add_argument("--out", type=Path,
+                        default=Path("benchmarks/results/consistency_probes.md"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    steps = 100 if args.quick else 1500
+    report = Report("Probes of the own-sample consistency fixed point")
+    report.text(f"Rerun: `python benchmarks/consistency_probes.py{' --quick' if args.quick else ''}`"
+                f". Mixture {GMM}. {__doc__.split(chr(10) + chr(10))[1]}")
+    report.heading("1. Targets made once with the exact denoiser (no training)")
+    report.table(exact_rows(2000 if args.quick else 20000),
+                 ["targets", "sigma_n", "cov_err", "width", "core", "stranded"])
+    report.heading(f"2. Trained at sigma_n = {SIGMA_N} ({steps} steps, one seed)")
+    with tempfile.TemporaryDirectory() as root:
+        rows = trained_rows(steps, Path(root))
+    report.table(rows, ["variant", "excess@sn/4", "excess@sn/2", "excess@sn", "cov_err", "width",
+                        "core", "stranded", "ms/step"])
+    return report.write(args.out, html=False)
+
+
+if __name__ == "__main__":
+    main()
