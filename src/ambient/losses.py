@@ -301,8 +301,9 @@ def own_sample_loss(
     (just above the data's level, where ``D`` is trained); on a Gaussian of variance ``v`` one
     refit moves the model's variance towards ``v`` by the factor ``(lift s)^2 / (v + (lift s)^2)``
     (the ancestral SDE: ``1 - (v / (v + s^2))^2``, slower), so directions where the clean data
-    barely vary relative to ``s`` converge slowly, and the same slowness amplifies the ODE's
-    discretisation error at the fixed point by about ``1 / (1 - factor)``: on that Gaussian
+    barely vary relative to ``s`` converge slowly, and the same slowness amplifies any error
+    the targets carry (the ODE's discretisation, the network's own error below ``s``) at the
+    fixed point by about ``1 / (1 - factor)``: on that Gaussian
     (``v = 0.01``, ``s = 0.3``, lift 1.1, 6 steps) the fixed point's variance is 1.96 v on the EDM
     schedule (rho = 7) and 1.16 v on the geometric one (rho = inf), hence the default. Cost:
     ``steps + 1`` forward evaluations without a graph, then one with a graph."""
