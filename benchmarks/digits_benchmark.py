@@ -26,10 +26,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from ambient.data import load_digits, resolve_dataset
 from ambient.defaults import default_train_config, defaults_summary
@@ -45,6 +46,7 @@ SIGMAS = (0.1, 0.2, 0.4)
 STEPS, QUICK_STEPS = {"mlp": 4000, "unet": 1500}, 150  # training steps per model, by network
 NUM, QUICK_NUM = 1000, 200  # samples per model and sampling mode
 SAMPLER_STEPS = 32  # Heun levels per sample
+PIXEL_GROUPS = ((0.0, 0.05), (0.05, 0.3), (0.3, math.inf))  # bins of the clean per-pixel std
 COMMAND = "python benchmarks/digits_benchmark.py"
 
 
@@ -86,6 +88,22 @@ class RunResult:
     frechet: dict[str, float]  # sampling mode -> Frechet distance to the held-out digits
     denoising: dict[float, float]  # level -> one-step denoising MSE on the held-out digits
     grids: dict[str, Path]  # sampling mode -> PNG of samples
+    spread: dict[str, dict[str, float]] = field(default_factory=dict)  # mode -> pixel_spread
+
+
+def pixel_spread(images: Tensor) -> dict[str, float]:
+    """Per-pixel standard deviation of ``images`` [N, 1, 8, 8], averaged over the pixels of each
+    group of PIXEL_GROUPS (by the clean training digits' per-pixel std): near-constant pixels
+    (the border) are where the own-sample consistency's fixed point is worst conditioned."""
+    clean = load_digits("train").flatten(1).std(0)
+    spread = images.flatten(1).std(0)
+    out = {}
+    for lo, hi in PIXEL_GROUPS:
+        pick = (clean >= lo) & (clean < hi)
+        name = f"clean std < {hi:g}" if lo == 0 else (f"clean std >= {lo:g}" if hi == math.inf
+                                                      else f"clean std {lo:g}-{hi:g}")
+        out[f"{name} ({int(pick.sum())} px)"] = float(spread[pick].mean())
+    return out
 
 
 def train_config(method: Method, steps: int, sigma_n: float, net: str = "mlp",
@@ -120,7 +138,8 @@ def run_method(name: str, method: Method, sigma_n: float, steps: int, num: int, 
             for mode, drawn in metrics.drawn.items()} if grids else {}
     return RunResult(method, sigma_n, seed, seconds,
                      {mode: m["frechet"] for mode, m in metrics.samples.items()},
-                     metrics.denoising, pngs)
+                     metrics.denoising, pngs,
+                     {mode: pixel_spread(drawn) for mode, drawn in metrics.drawn.items()})
 
 
 def data_references(sigmas: Sequence[float], figures: Path) -> tuple[dict[float, float],
@@ -188,6 +207,21 @@ def gap_closed(results: Sequence[RunResult]) -> str:
     return "\n".join(f"- {label}, sigma_n={sigma_n:g}: full sampling closes "
                      f"{mean_sd(v, '.2f', '.2f')} of the gap (per seed: "
                      f"{', '.join(f'{x:.2f}' for x in v)})" for (label, sigma_n), v in shares.items())
+
+
+def spread_rows(results: Sequence[RunResult]) -> list[dict[str, object]]:
+    """:func:`pixel_spread` of the clean training digits, then of each model's samples per
+    sampling mode (mean over seeds)."""
+    rows: list[dict[str, object]] = [{"samples": "the clean training digits", "sigma_n": "-",
+                                      **pixel_spread(load_digits("train"))}]
+    groups: dict[tuple[str, str, float], list[dict[str, float]]] = {}
+    for r in results:
+        for mode, spread in r.spread.items():
+            groups.setdefault((r.method.label, mode, r.sigma_n), []).append(spread)
+    for (label, mode, sigma_n), spreads in groups.items():
+        rows.append({"samples": f"{label}, {mode}", "sigma_n": sigma_n,
+                     **{k: sum(d[k] for d in spreads) / len(spreads) for k in spreads[0]}})
+    return rows
 
 
 def seed_means(results: Sequence[RunResult]) -> list[RunResult]:
@@ -281,6 +315,11 @@ def write_report(results: Sequence[RunResult], references: tuple[dict[float, flo
                 "full sampling, (truncated - full) / (truncated - oracle), same seed:")
     report.text(gap_closed(results))
     means = seed_means(results)
+    report.heading("Per-pixel spread of the samples")
+    report.text("Standard deviation of each pixel over the samples, averaged over the pixels in "
+                "each group (grouped by the clean training digits' per-pixel std; mean over "
+                "seeds). Right = the clean digits' row (a noisy pixel's std is sqrt(clean std^2 + sigma_n^2)).")
+    report.table(spread_rows(results))
     report.heading("One-step denoising MSE on the held-out clean digits (the paper's Table 1)")
     report.text("mse(sigma) = mean (D(x0 + sigma z, sigma) - x0)^2 with the same noise z for "
                 "every model. Italic cells: levels below the model's sigma_n, where the ambient "

@@ -24,6 +24,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     unet = (tmp_path / "digits_unet.md").read_text(encoding="utf-8")
     assert "the network {'kind': 'unet'}" in unet
     assert "full sampling closes" in unet
+    assert "| the clean training digits | - |" in unet and "(default), full | 0.2 |" in unet
     options = (tmp_path / "digits_unet_options.md").read_text(encoding="utf-8")
     assert "consistency, two draws | full" in options and "(previous default) | full" in options
 
