@@ -318,7 +318,8 @@ def write_report(results: Sequence[RunResult], references: tuple[dict[float, flo
     report.heading("Per-pixel spread of the samples")
     report.text("Standard deviation of each pixel over the samples, averaged over the pixels in "
                 "each group (grouped by the clean training digits' per-pixel std; mean over "
-                "seeds). Right = the clean digits' row (a noisy pixel's std is sqrt(clean std^2 + sigma_n^2)).")
+                "seeds). Right = the clean digits' row (a noisy pixel's std is "
+                "sqrt(clean std^2 + sigma_n^2)).")
     report.table(spread_rows(results))
     report.heading("One-step denoising MSE on the held-out clean digits (the paper's Table 1)")
     report.text("mse(sigma) = mean (D(x0 + sigma z, sigma) - x0)^2 with the same noise z for "
