@@ -94,3 +94,17 @@ def test_digits_seeds_are_summarised(monkeypatch: pytest.MonkeyPatch) -> None:
     assert rows[(cons.label, "full")]["sigma_n=0.2"] == "4.45 ± 0.071"
     means = {r.method: r for r in digits.seed_means(results)}
     assert means[nocons].denoising == {0.1: 3.5} and means[nocons].seconds == 15.0
+
+
+def test_digits_pixel_spread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-pixel spread of the clean digits is their per-pixel std averaged by group, and
+    it scales with the images (so twice too wide samples read twice the clean row)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    digits = importlib.import_module("digits_benchmark")
+    clean = digits.load_digits("train")
+    base = digits.pixel_spread(clean)
+    assert list(base) == ["clean std < 0.05 (11 px)", "clean std 0.05-0.3 (8 px)",
+                          "clean std >= 0.3 (45 px)"]
+    assert list(base.values()) == sorted(base.values())  # the groups are ordered by clean std
+    doubled = digits.pixel_spread(2 * clean)
+    assert all(doubled[k] == pytest.approx(2 * base[k]) for k in base)
