@@ -95,7 +95,9 @@ def evaluate_run(
     extract = get_extractor(features)
     ref_feats = extract(ref)
     for mode, drawn in metrics.drawn.items():
-        metrics.samples[mode] = {"frechet": frechet_distance(extract(drawn.clamp(-1, 1)), ref_feats)}
+        metrics.samples[mode] = {  # clamped: as saved images show them; unclamped: as drawn
+            "frechet": frechet_distance(extract(drawn.clamp(-1, 1)), ref_feats),
+            "frechet_unclamped": frechet_distance(extract(drawn), ref_feats)}
     if ref.ndim == 4 and tuple(ref.shape[1:]) == tuple(config["sample_shape"]):
         metrics.denoising = denoising_table(denoiser, ref, DENOISING_LEVELS, seed=seed)
     return metrics
