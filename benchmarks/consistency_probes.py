@@ -44,6 +44,7 @@ from ambient.evaluate import component_covariance_error, core_spread
 from ambient.evaluate.report import Report
 from ambient.losses import Denoiser, as_levels, dsm_loss, own_samples
 from ambient.noise import add_noise_ve
+from ambient.objective import log_uniform
 from consistency_ablation import GMM, VARIANTS, run_variant
 
 SIGMA_N = 0.3
@@ -81,24 +82,23 @@ def ema_draws(halflife: float, extrapolate: float = 1.0) -> Draws:
     """own_samples by an EMA copy of the model (``decay = 0.5 ** (1 / halflife)``, updated at
     every call); with ``extrapolate`` != 1 the target is ``ema + extrapolate * (model - ema)``,
     both draws from the same lifted data."""
-    state: dict[str, Any] = {}
+    state: dict[str, torch.nn.Module] = {}
 
-    def draws(denoiser: Denoiser, y: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        model = denoiser if isinstance(denoiser, torch.nn.Module) else None
-        if model is None:
-            raise TypeError("ema_draws needs an nn.Module denoiser")
-        ema = state.setdefault("ema", copy.deepcopy(model).requires_grad_(False))
+    def draws(denoiser: torch.nn.Module, y: Tensor, sigma_n: Tensor | float, lift: float = 1.1,
+              steps: int = 8, sigma_min: float = 0.002,
+              generator: torch.Generator | None = None, rho: float = math.inf) -> Tensor:
+        ema = state.setdefault("ema", copy.deepcopy(denoiser).requires_grad_(False))
         with torch.no_grad():
-            for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            for e, p in zip(ema.parameters(), denoiser.parameters(), strict=True):
                 e.lerp_(p, 1 - 0.5 ** (1 / halflife))
-        generator = kwargs.get("generator", args[4] if len(args) > 4 else None)
         start = generator.get_state() if generator is not None else None
-        lagged = own_samples(ema, y, *args, **kwargs)
+        lagged = own_samples(ema, y, sigma_n, lift, steps, sigma_min, generator, rho)
         if extrapolate == 1.0:
             return lagged
         if generator is not None:
             generator.set_state(start)  # the same lifted data for both draws
-        return lagged + extrapolate * (own_samples(model, y, *args, **kwargs) - lagged)
+        current = own_samples(denoiser, y, sigma_n, lift, steps, sigma_min, generator, rho)
+        return lagged + extrapolate * (current - lagged)
 
     return draws
 
@@ -108,17 +108,17 @@ def truncated_first(calls: int) -> Draws:
     ``D(x, max(sigma, sigma_n))`` (a narrow start: the law of posterior means)."""
     count = [0]
 
-    def draws(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, *args: Any,
-              **kwargs: Any) -> Tensor:
+    def draws(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, lift: float = 1.1,
+              steps: int = 8, sigma_min: float = 0.002,
+              generator: torch.Generator | None = None, rho: float = math.inf) -> Tensor:
         count[0] += 1
-        if count[0] > calls:
-            return own_samples(denoiser, y, sigma_n, *args, **kwargs)
         s = as_levels(sigma_n, y)
 
         def truncated(x: Tensor, level: Tensor) -> Tensor:
             return denoiser(x, torch.maximum(as_levels(level, x), s))
 
-        return own_samples(truncated, y, sigma_n, *args, **kwargs)
+        model = denoiser if count[0] > calls else truncated
+        return own_samples(model, y, sigma_n, lift, steps, sigma_min, generator, rho)
 
     return draws
 
@@ -131,8 +131,7 @@ def two_levels_loss(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, sigm
     in ``(sigma_min, s)`` (twice the DSM rows per ODE draw); per-row mean of the two."""
     x0 = own_samples(denoiser, y, sigma_n, lift, steps, sigma_min, generator, rho)
     s = as_levels(sigma_n, y)
-    u = torch.rand(s.shape, generator=generator, dtype=s.dtype)
-    second = torch.exp(math.log(sigma_min) + u * (torch.log(s) - math.log(sigma_min)))
+    second = log_uniform(torch.full_like(s, sigma_min), s, generator)
     eps = torch.randn((2 * len(y), *y.shape[1:]), generator=generator, dtype=y.dtype)
     terms = dsm_loss(denoiser, torch.cat([x0, x0]), torch.cat([sigma_next, second]), eps,
                      sigma_data)

@@ -110,7 +110,8 @@ def consistency_at(cfg: ConsistencyConfig, step: int, total_steps: int) -> Consi
     return replace(cfg, weight=0.0) if step < cfg.warmup * total_steps else cfg
 
 
-def _log_uniform(lo: Tensor, hi: Tensor, generator: torch.Generator | None) -> Tensor:
+def log_uniform(lo: Tensor, hi: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Per-element levels drawn log-uniformly in ``(lo, hi)``."""
     u = torch.rand(lo.shape, generator=generator, device=lo.device, dtype=lo.dtype)
     return torch.exp(torch.log(lo) + u * (torch.log(hi) - torch.log(lo)))
 
@@ -172,14 +173,14 @@ def consistency_rows(
     lowest = max(cfg.sigma_min, sigma_floor)
     floor = torch.full_like(sigma_n, lowest)
     if cfg.target == "samples":
-        sigma_next = _log_uniform(floor, sigma_n, generator)
+        sigma_next = log_uniform(floor, sigma_n, generator)
         rho = math.inf if cfg.schedule == "geometric" else EDM_RHO
         loss = own_sample_loss(denoiser, y, sigma_n, sigma_next, cfg.lift, cfg.substeps,
                                lowest, sigma_data, generator, rho).loss
         return _weighted(loss, sigma_next, sigma_n, cfg, sigma_data)
     teacher = None
     if cfg.start == "data":
-        sigma = _log_uniform(floor, sigma_n, generator)
+        sigma = log_uniform(floor, sigma_n, generator)
         x = run_chain(denoiser, y, sigma_n, sigma, cfg.chain_steps, generator)
     elif ambient is None:
         raise ValueError("consistency start='ambient' needs the ambient loss's x, sigma, denoised")
@@ -188,7 +189,7 @@ def consistency_rows(
     if cfg.target == "step":
         sigma_next = sigma * (1 - cfg.step)
     else:
-        sigma_next = _log_uniform(floor, torch.minimum(sigma, sigma_n), generator)
+        sigma_next = log_uniform(floor, torch.minimum(sigma, sigma_n), generator)
     loss = consistency_loss(denoiser, x, sigma, sigma_next, teacher=teacher,
                             teacher_grad=cfg.teacher_grad, single_backward=cfg.single_backward,
                             substeps=cfg.substeps, generator=generator).loss
