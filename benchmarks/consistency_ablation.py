@@ -18,6 +18,7 @@ import functools
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -91,12 +92,16 @@ def variant_objective(name: str) -> ObjectiveConfig:
                    **objective)
 
 
-def run_variant(name: str, sigma_n: float, steps: int, root: Path) -> dict[str, object]:
+def run_variant(name: str, sigma_n: float, steps: int, root: Path,
+                seed: int = 0) -> dict[str, object]:
+    """Train the variant ``name`` on the mixture at ``sigma_n`` (``seed``: the data's noise and
+    the training run) and score it; the evaluation draws are the same for every seed."""
     clean = VARIANTS[name][1]
     cfg = default_train_config("gmm")
-    cfg.engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps)
+    cfg.engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps,
+                         seed=seed)
     cfg.objective = variant_objective(name)
-    dataset = resolve_dataset(GMM, 0.0 if clean else sigma_n, seed=0)
+    dataset = resolve_dataset(GMM, 0.0 if clean else sigma_n, seed=seed)
     run_dir = root / f"{sigma_n}_{len(list(root.iterdir()))}"
     start = time.perf_counter()
     train(cfg, dataset, run_dir, progress=False)
@@ -105,7 +110,8 @@ def run_variant(name: str, sigma_n: float, steps: int, root: Path) -> dict[str, 
     gmm, _ = parse_gmm_spec(GMM)
     levels = [sigma_n / 4, sigma_n / 2, sigma_n, 2 * sigma_n]
     excess = excess_denoising_error(denoiser, gmm, levels, generator=torch.Generator().manual_seed(5))
-    row: dict[str, object] = {"variant": name, "sigma_n": sigma_n, "ms/step": 1e3 * seconds / steps}
+    row: dict[str, object] = {"variant": name, "sigma_n": sigma_n, "seed": seed,
+                              "ms/step": 1e3 * seconds / steps}
     for lvl, label in zip(levels, ["sn/4", "sn/2", "sn", "2sn"], strict=True):
         row[f"excess@{label}"] = excess[lvl]
     config = {**config, "sigma_n": {"max": sigma_n}}
@@ -254,19 +260,29 @@ def main() -> None:
     if args.assemble:
         print(write(read_rows(out), steps, out, args.quick))
         return
+    run_shard([(name, sigma_n, 0) for name, sigma_n in plan_for(args.quick)], steps, out, k, n,
+              lambda rows: write(rows, steps, out, args.quick))
+
+
+def run_shard(plan: list[tuple[str, float, int]], steps: int, out: Path, k: int, n: int,
+              write_page: Callable[[list[dict[str, object]]], str]) -> None:
+    """Run every ``n``-th ``(variant, sigma_n, seed)`` of ``plan`` from ``k``, appending each
+    result to ``OUT.shardK.jsonl`` and rewriting the page from all shards' results after every
+    run (so a killed run loses at most the run in progress)."""
     mine = out.with_suffix(f".shard{k}.jsonl")
     for stale in out.parent.glob(out.stem + ".shard*.jsonl"):
         if n == 1 or stale == mine:
             stale.unlink()
+    text = ""
     with tempfile.TemporaryDirectory() as tmp:
-        for name, sigma_n in plan_for(args.quick)[k::n]:  # the page is rewritten after every run
+        for name, sigma_n, seed in plan[k::n]:
             start = time.time()
-            row = run_variant(name, sigma_n, steps, Path(tmp))
+            row = run_variant(name, sigma_n, steps, Path(tmp), seed)
             row["seconds"] = time.time() - start
             print(json.dumps(row), flush=True)
             with mine.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-            text = write(read_rows(out), steps, out, args.quick)
+            text = write_page(read_rows(out))
     print(text)
 
 

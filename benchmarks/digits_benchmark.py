@@ -72,6 +72,8 @@ METHODS = {
     "ambient_previous": Method("ambient + consistency, own samples, EDM schedule, no warm start "
                                "(previous default)", "ambient", True, ("full",),
                                tuple(PREVIOUS.items())),
+    "ambient_3_steps": Method("ambient + consistency, own samples, 3 ODE steps", "ambient", True,
+                              ("full",), (("substeps", 3),)),
 }
 DEFAULT_METHODS = ("naive_dsm", "ambient_no_consistency", "ambient_consistency")
 NETS = {"mlp": None, "unet": {"kind": "unet"}}  # None: the digits default network (an MLP)

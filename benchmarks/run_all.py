@@ -26,6 +26,8 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["step_cost.py"]),
     ("consistency.md", "Gaussian-mixture exactness and consistency ablation",
      ["consistency_ablation.py"]),
+    ("consistency_seeds.md", "Gaussian mixture: the close consistency options over three seeds",
+     ["consistency_seeds.py"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
     ("consistency_probes.md", "Diagnostic: probes of the own-sample fixed point",
@@ -46,6 +48,8 @@ COMMAND = {page: command for page, _, command in SECTIONS}
 PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra arguments)
     ("consistency.md", ["--shard", "0/2"]),
     ("consistency.md", ["--shard", "1/2"]),
+    ("consistency_seeds.md", ["--shard", "0/2"]),
+    ("consistency_seeds.md", ["--shard", "1/2"]),
     ("digits_unet.md", []),
     ("digits_unet_options.md", []),
     ("digits.md", []),

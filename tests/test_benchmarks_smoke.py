@@ -55,6 +55,11 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
         assert label in consistency, label
     assert (tmp_path / "consistency" / "excess_sigma0.3.png").exists()
 
+    seeds = (tmp_path / "consistency_seeds.md").read_text(encoding="utf-8")
+    for label in ("| oracle (clean DSM) | any", "| own samples, 3 ODE steps | 0.3 | 1 |",
+                  "excess@sn/4 / no consistency"):
+        assert label in seeds, label
+
     teacher = (tmp_path / "exact_teacher.md").read_text(encoding="utf-8")
     assert "| learned | 0.3 | 100 |" in teacher and "| exact teacher | 0.3 | 100 |" in teacher
     assert "| <= 1.25 sigma_n | 20 |" in teacher
@@ -94,6 +99,29 @@ def test_digits_seeds_are_summarised(monkeypatch: pytest.MonkeyPatch) -> None:
     assert rows[(cons.label, "full")]["sigma_n=0.2"] == "4.45 ± 0.071"
     means = {r.method: r for r in digits.seed_means(results)}
     assert means[nocons].denoising == {0.1: 3.5} and means[nocons].seconds == 15.0
+
+
+def test_consistency_seeds_are_paired(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mixture options over seeds: mean ± sd cells, and each seed's excess error divided by the
+    no-consistency model's at that same seed (not by the mean over seeds)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    seeds = importlib.import_module("consistency_seeds")
+
+    def row(name: str, seed: int, excess: float, cov: float) -> dict[str, object]:
+        metrics = {m: 1.0 for m in seeds.METRICS}
+        return {**metrics, "variant": name, "sigma_n": 0.3, "seed": seed, "excess@sn/4": excess,
+                "excess@sn/2": excess, "cov_err": cov, "seconds": 1.0}
+
+    rows = [row(seeds.NO_CONSISTENCY, 0, 1.0, 5.0), row(seeds.NO_CONSISTENCY, 1, 4.0, 7.0),
+            row(seeds.DEFAULT, 0, 0.5, 3.0), row(seeds.DEFAULT, 1, 1.0, 4.0)]
+    table = seeds.summarise(rows)
+    line = next(x for x in table.splitlines() if x.startswith(f"| {seeds.DEFAULT} |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2] == "2" and cells[3] == "0.75 ± 0.35"  # seeds, excess@sn/4
+    assert cells[5] == "3.5 ± 0.71"  # cov_err
+    assert cells[-2] == cells[-1] == "0.375 ± 0.18"  # per seed: 0.5 and 0.25
+    nocons = next(x for x in table.splitlines() if x.startswith(f"| {seeds.NO_CONSISTENCY} |"))
+    assert nocons.rstrip().endswith("|  |  |")  # no ratio to itself
 
 
 def test_digits_pixel_spread(monkeypatch: pytest.MonkeyPatch) -> None:
