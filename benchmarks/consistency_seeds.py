@@ -22,17 +22,19 @@ import torch
 from consistency_ablation import GMM, MAIN, SIGMAS, read_rows, run_shard
 
 NO_CONSISTENCY, DEFAULT = MAIN[2], MAIN[3]
-CANDIDATES = [NO_CONSISTENCY, DEFAULT, "  own samples, no warm start",
-              "  own samples, 3 ODE steps", "  own samples, fraction 0.5"]
+CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
+              "no-warm-start": "  own samples, no warm start",
+              "3-steps": "  own samples, 3 ODE steps", "fraction-0.5": "  own samples, fraction 0.5"}
 METRICS = ["excess@sn/4", "excess@sn/2", "cov_err", "width", "core", "stranded", "sw"]
 RATIOS = ["excess@sn/4", "excess@sn/2"]
 
 
-def plan_for(seeds: list[int], quick: bool) -> list[tuple[str, float, int]]:
-    sigmas = SIGMAS[:1] if quick else SIGMAS
-    return ([(MAIN[0], SIGMAS[0], seed) for seed in seeds]
-            + [(name, sigma_n, seed) for seed in seeds for sigma_n in sigmas
-               for name in CANDIDATES])
+def plan_for(seeds: list[int], sigmas: list[float],
+             candidates: list[str]) -> list[tuple[str, float, int]]:
+    """Per seed: the oracle, then every candidate (keys of CANDIDATES) at every sigma_n."""
+    return ([(MAIN[0], sigmas[0], seed) for seed in seeds]
+            + [(CANDIDATES[key], sigma_n, seed) for seed in seeds for sigma_n in sigmas
+               for key in candidates])
 
 
 def cell(values: list[float]) -> str:
@@ -51,11 +53,12 @@ def summarise(rows: list[dict[str, object]]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
     oracle = [r for r in rows if r["variant"] == MAIN[0]]
     if oracle:
-        lines.append(f"| {MAIN[0]} | any (excess: at {SIGMAS[0]:g}'s levels) | {len(oracle)} | "
+        lines.append(f"| {MAIN[0]} | any (excess: at {oracle[0]['sigma_n']:g}'s levels) | "
+                     f"{len(oracle)} | "
                      + " | ".join(cell([float(r[m]) for r in oracle]) for m in METRICS)
                      + " |" + " |" * len(RATIOS))
     for sigma_n in sorted({float(r["sigma_n"]) for r in rows if r["variant"] != MAIN[0]}):
-        for name in CANDIDATES:
+        for name in CANDIDATES.values():
             mine = [r for r in rows if r["variant"] == name and r["sigma_n"] == sigma_n]
             if not mine:
                 continue
@@ -71,8 +74,7 @@ def summarise(rows: list[dict[str, object]]) -> str:
 
 
 def write(rows: list[dict[str, object]], steps: int, seeds: list[int], out: Path,
-          quick: bool) -> str:
-    flags = " --quick" if quick else ""
+          flags: str) -> str:
     text = (f"Gaussian mixture ({GMM}), the ablation's MLP 128x3 and evaluation, {steps} steps of "
             f"batch 512 per run, seeds {', '.join(map(str, seeds))} (the data's noise and the "
             f"training run; seed 0 is the ablation's run). Cells: mean ± sd over seeds. The "
@@ -92,6 +94,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--sigmas", type=float, nargs="+", default=None,
+                        help=f"data noise levels (default: the ablation's {list(SIGMAS)})")
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES),
+                        default=list(CANDIDATES))
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--shard", default="0/1", help="K/N: run every N-th run from K")
     parser.add_argument("--out", default="benchmarks/results/consistency_seeds.md")
@@ -99,17 +105,26 @@ def main() -> None:
                         help="only rewrite the page from the shards' .jsonl results")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    steps = args.steps or (200 if args.quick else 1500)
-    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    # --quick (the smoke run) overrides the budget: 200 steps, one seed, the first sigma_n
+    steps = 200 if args.quick else args.steps or 1500
+    seeds = [0] if args.quick else args.seeds or [0, 1, 2]
+    sigmas = (args.sigmas or list(SIGMAS))[:1 if args.quick else None]
     k, n = (int(p) for p in args.shard.split("/"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    flags = " ".join(["", *(["--quick"] if args.quick else []),
+                      *([f"--steps {args.steps}"] if args.steps else []),
+                      *(["--seeds", *map(str, args.seeds)] if args.seeds else []),
+                      *(["--sigmas", *map(str, args.sigmas)] if args.sigmas else []),
+                      *(["--candidates", *args.candidates]
+                        if args.candidates != list(CANDIDATES) else []),
+                      *([f"--out benchmarks/results/{out.name}"]
+                        if out.name != Path(parser.get_default("out")).name else [])])
     if args.assemble:
-        print(write(read_rows(out), steps, seeds, out, args.quick))
+        print(write(read_rows(out), steps, seeds, out, flags))
         return
-    run_shard(plan_for(seeds, args.quick), steps, out, k, n,
-              lambda rows: write(rows, steps, seeds, out, args.quick))
-
+    run_shard(plan_for(seeds, sigmas, args.candidates), steps, out, k, n,
+              lambda rows: write(rows, steps, seeds, out, flags))
 
 if __name__ == "__main__":
     main()

@@ -28,6 +28,10 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["consistency_ablation.py"]),
     ("consistency_seeds.md", "Gaussian mixture: the close consistency options over three seeds",
      ["consistency_seeds.py"]),
+    ("consistency_budget.md", "Gaussian mixture: 3 ODE steps vs the default at four times the "
+     "training budget",
+     ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "--sigmas", "0.15", "0.3",
+      "--candidates", "none", "default", "3-steps"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
     ("consistency_probes.md", "Diagnostic: probes of the own-sample fixed point",
@@ -40,7 +44,7 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
       "--methods", "ambient_no_consistency", "ambient_consistency"]),
     ("digits_unet_options.md", "Digits with a small UNet: other consistency options (one seed)",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--methods",
-      "ambient_no_consistency", "ambient_previous", "ambient_two_draws"]),
+      "ambient_no_consistency", "ambient_previous", "ambient_two_draws", "ambient_3_steps"]),
     ("memorization.md", "Memorization: clean-trained vs noisy-trained",
      ["memorization_benchmark.py"]),
 ]
@@ -50,6 +54,8 @@ PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra argume
     ("consistency.md", ["--shard", "1/2"]),
     ("consistency_seeds.md", ["--shard", "0/2"]),
     ("consistency_seeds.md", ["--shard", "1/2"]),
+    ("consistency_budget.md", ["--shard", "0/2"]),
+    ("consistency_budget.md", ["--shard", "1/2"]),
     ("digits_unet.md", []),
     ("digits_unet_options.md", []),
     ("digits.md", []),

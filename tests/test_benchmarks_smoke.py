@@ -27,6 +27,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "| the clean training digits | - |" in unet and "(default), full | 0.2 |" in unet
     options = (tmp_path / "digits_unet_options.md").read_text(encoding="utf-8")
     assert "consistency, two draws | full" in options and "(previous default) | full" in options
+    assert "own samples, 3 ODE steps | full" in options
 
     digits = (tmp_path / "digits.md").read_text(encoding="utf-8")
     for label in ("reference: the training digits themselves", "clean-data oracle",
@@ -59,6 +60,8 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     for label in ("| oracle (clean DSM) | any", "| own samples, 3 ODE steps | 0.3 | 1 |",
                   "excess@sn/4 / no consistency"):
         assert label in seeds, label
+    budget = (tmp_path / "consistency_budget.md").read_text(encoding="utf-8")
+    assert "| own samples, 3 ODE steps | 0.15 | 1 |" in budget and "--steps 6000" in budget
 
     teacher = (tmp_path / "exact_teacher.md").read_text(encoding="utf-8")
     assert "| learned | 0.3 | 100 |" in teacher and "| exact teacher | 0.3 | 100 |" in teacher
@@ -66,7 +69,8 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
 
     probes = (tmp_path / "consistency_probes.md").read_text(encoding="utf-8")
     for label in ("| fresh draws of p0 (the truth) |", "| Gaussian posterior at 1.1 sigma_n | 0.3 |",
-                  "| draws by an EMA copy (half-life 50 steps) |", "| two levels sigma' per draw |"):
+                  "| draws by an EMA copy (half-life 50 steps) |", "| two levels sigma' per draw |",
+                  "| mixture components at sigma_n = 0.3 |"):
         assert label in probes, label
 
     cost = (tmp_path / "step_cost.md").read_text(encoding="utf-8")
@@ -122,6 +126,16 @@ def test_consistency_seeds_are_paired(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cells[-2] == cells[-1] == "0.375 ± 0.18"  # per seed: 0.5 and 0.25
     nocons = next(x for x in table.splitlines() if x.startswith(f"| {seeds.NO_CONSISTENCY} |"))
     assert nocons.rstrip().endswith("|  |  |")  # no ratio to itself
+
+
+def test_gaussian_fixed_point_of_the_refit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probes' root finder agrees with iterating the refit (test_losses: 1.16 v for v = 0.01,
+    sigma_n = 0.3, 6 steps), many ODE steps are exact where v is not small, and 3 steps shrink."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    probes = importlib.import_module("consistency_probes")
+    assert probes.gaussian_fixed_point(0.01, 0.3, 6) == pytest.approx(1.16, abs=0.01)
+    assert probes.gaussian_fixed_point(0.01, 0.15, 24) == pytest.approx(1.0, abs=0.01)
+    assert probes.gaussian_fixed_point(0.01, 0.15, 3) < 0.5
 
 
 def test_digits_pixel_spread(monkeypatch: pytest.MonkeyPatch) -> None:

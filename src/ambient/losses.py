@@ -305,7 +305,9 @@ def own_sample_loss(
     the targets carry (the ODE's discretisation, the network's own error below ``s``) at the
     fixed point by about ``1 / (1 - factor)``: on that Gaussian
     (``v = 0.01``, ``s = 0.3``, lift 1.1, 6 steps) the fixed point's variance is 1.96 v on the EDM
-    schedule (rho = 7) and 1.16 v on the geometric one (rho = inf), hence the default. Cost:
+    schedule (rho = 7) and 1.16 v on the geometric one (rho = inf), hence the default; fewer
+    steps shrink it (4 steps: 0.65 v; 3: the draws collapse), and where ``v << s^2`` no step
+    count is exact (``benchmarks/consistency_probes.py``, part 1b). Cost:
     ``steps + 1`` forward evaluations without a graph, then one with a graph."""
     x0 = own_samples(denoiser, y, sigma_n, lift, steps, sigma_min, generator, rho)
     eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
