@@ -74,6 +74,8 @@ METHODS = {
                                tuple(PREVIOUS.items())),
     "ambient_3_steps": Method("ambient + consistency, own samples, 3 ODE steps", "ambient", True,
                               ("full",), (("substeps", 3),)),
+    "ambient_no_warm_start": Method("ambient + consistency, own samples, no warm start", "ambient",
+                                    True, ("full",), (("warmup", 0.0),)),
 }
 DEFAULT_METHODS = ("naive_dsm", "ambient_no_consistency", "ambient_consistency")
 NETS = {"mlp": None, "unet": {"kind": "unet"}}  # None: the digits default network (an MLP)
