@@ -243,14 +243,19 @@ def plan_for(quick: bool) -> list[tuple[str, float]]:
             + [(v, SIGMAS[0]) for v in VARIANTS if v not in MAIN])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+def add_shard_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    """The options of a sharded mixture benchmark: --quick, --steps, --shard, --out, --assemble."""
+    parser.add_argument("--quick", action="store_true", help="smoke run: 200 steps")
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--shard", default="0/1", help="K/N: run every N-th variant from K")
-    parser.add_argument("--out", default="benchmarks/results/consistency.md")
+    parser.add_argument("--shard", default="0/1", help="K/N: run every N-th run from K")
+    parser.add_argument("--out", default=out)
     parser.add_argument("--assemble", action="store_true",
                         help="only rewrite the page from the shards' .jsonl results")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_shard_arguments(parser, "benchmarks/results/consistency.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     steps = args.steps or (200 if args.quick else 1500)

@@ -19,7 +19,14 @@ from pathlib import Path
 
 import torch
 
-from consistency_ablation import GMM, MAIN, SIGMAS, read_rows, run_shard
+from consistency_ablation import (
+    GMM,
+    MAIN,
+    SIGMAS,
+    add_shard_arguments,
+    read_rows,
+    run_shard,
+)
 
 NO_CONSISTENCY, DEFAULT = MAIN[2], MAIN[3]
 CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
@@ -92,17 +99,12 @@ def write(rows: list[dict[str, object]], steps: int, seeds: list[int], out: Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    add_shard_arguments(parser, "benchmarks/results/consistency_seeds.md")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--sigmas", type=float, nargs="+", default=None,
                         help=f"data noise levels (default: the ablation's {list(SIGMAS)})")
     parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES),
                         default=list(CANDIDATES))
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--shard", default="0/1", help="K/N: run every N-th run from K")
-    parser.add_argument("--out", default="benchmarks/results/consistency_seeds.md")
-    parser.add_argument("--assemble", action="store_true",
-                        help="only rewrite the page from the shards' .jsonl results")
     args = parser.parse_args()
     torch.set_num_threads(1)
     # --quick (the smoke run) overrides the budget: 200 steps, one seed, the first sigma_n
