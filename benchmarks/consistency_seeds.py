@@ -14,7 +14,6 @@ trained once per seed (it does not depend on sigma_n).
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from consistency_ablation import (
     read_rows,
     run_shard,
 )
+from digits_benchmark import mean_sd
 
 NO_CONSISTENCY, DEFAULT = MAIN[2], MAIN[3]
 CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
@@ -44,13 +44,6 @@ def plan_for(seeds: list[int], sigmas: list[float],
                for key in candidates])
 
 
-def cell(values: list[float]) -> str:
-    """``mean ± sd`` (sd over seeds; just the value for one seed)."""
-    if len(values) == 1:
-        return f"{values[0]:.3g}"
-    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
-
-
 def summarise(rows: list[dict[str, object]]) -> str:
     """The markdown table: one line per (sigma_n, candidate), mean ± sd of each metric over the
     seeds present, and the per-seed excess ratio to the no-consistency model (paired by seed)."""
@@ -62,7 +55,7 @@ def summarise(rows: list[dict[str, object]]) -> str:
     if oracle:
         lines.append(f"| {MAIN[0]} | any (excess: at {oracle[0]['sigma_n']:g}'s levels) | "
                      f"{len(oracle)} | "
-                     + " | ".join(cell([float(r[m]) for r in oracle]) for m in METRICS)
+                     + " | ".join(mean_sd([float(r[m]) for r in oracle], ".3g") for m in METRICS)
                      + " |" + " |" * len(RATIOS))
     for sigma_n in sorted({float(r["sigma_n"]) for r in rows if r["variant"] != MAIN[0]}):
         for name in CANDIDATES.values():
@@ -73,9 +66,9 @@ def summarise(rows: list[dict[str, object]]) -> str:
             for metric in RATIOS:
                 paired = [float(r[metric]) / float(by[(NO_CONSISTENCY, sigma_n, r["seed"])][metric])
                           for r in mine if (NO_CONSISTENCY, sigma_n, r["seed"]) in by]
-                ratios.append(cell(paired) if paired and name != NO_CONSISTENCY else "")
+                ratios.append(mean_sd(paired, ".3g") if paired and name != NO_CONSISTENCY else "")
             lines.append(f"| {name.strip()} | {sigma_n:g} | {len(mine)} | "
-                         + " | ".join(cell([float(r[m]) for r in mine]) for m in METRICS)
+                         + " | ".join(mean_sd([float(r[m]) for r in mine], ".3g") for m in METRICS)
                          + " | " + " | ".join(ratios) + " |")
     return "\n".join(lines) + "\n"
 

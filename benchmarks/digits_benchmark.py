@@ -20,6 +20,7 @@ share of the gap between truncated sampling and the clean oracle that full sampl
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import shlex
 import sys
@@ -40,7 +41,7 @@ from ambient.evaluate.report import Report
 from ambient.evaluate.runs import DENOISING_LEVELS, evaluate_run
 from ambient.images import save_grid
 from ambient.train import TrainConfig, load_run, train
-from consistency_ablation import PAIRS, PREVIOUS
+from consistency_ablation import PAIRS, PREVIOUS, VARIANTS
 
 SIGMAS = (0.1, 0.2, 0.4)
 STEPS, QUICK_STEPS = {"mlp": 4000, "unet": 1500}, 150  # training steps per model, by network
@@ -73,9 +74,10 @@ METHODS = {
                                "(previous default)", "ambient", True, ("full",),
                                tuple(PREVIOUS.items())),
     "ambient_3_steps": Method("ambient + consistency, own samples, 3 ODE steps", "ambient", True,
-                              ("full",), (("substeps", 3),)),
-    "ambient_no_warm_start": Method("ambient + consistency, own samples, no warm start", "ambient",
-                                    True, ("full",), (("warmup", 0.0),)),
+                              ("full",), tuple(VARIANTS["  own samples, 3 ODE steps"][2].items())),
+    "ambient_no_warm_start": Method(
+        "ambient + consistency, own samples, no warm start", "ambient", True, ("full",),
+        tuple(VARIANTS["  own samples, no warm start"][2].items())),
 }
 DEFAULT_METHODS = ("naive_dsm", "ambient_no_consistency", "ambient_consistency")
 NETS = {"mlp": None, "unet": {"kind": "unet"}}  # None: the digits default network (an MLP)
@@ -95,11 +97,17 @@ class RunResult:
     spread: dict[str, dict[str, float]] = field(default_factory=dict)  # mode -> pixel_spread
 
 
+@functools.cache
+def clean_pixel_std() -> Tensor:
+    """Per-pixel standard deviation of the clean training digits (loaded once)."""
+    return load_digits("train").flatten(1).std(0)
+
+
 def pixel_spread(images: Tensor) -> dict[str, float]:
     """Per-pixel standard deviation of ``images`` [N, 1, 8, 8], averaged over the pixels of each
     group of PIXEL_GROUPS (by the clean training digits' per-pixel std): near-constant pixels
     (the border) are where the own-sample consistency's fixed point is worst conditioned."""
-    clean = load_digits("train").flatten(1).std(0)
+    clean = clean_pixel_std()
     spread = images.flatten(1).std(0)
     out = {}
     for lo, hi in PIXEL_GROUPS:
