@@ -113,6 +113,8 @@ def run(mode: str, sigma_n: float, steps: int, root: Path, two_draws: bool = Fal
     cfg = default_train_config("gmm")
     if two_draws:
         cfg.objective.consistency = replace(cfg.objective.consistency, **PAIRS)
+    if mode == "exact teacher":  # nothing to learn above sigma_n: no warm start
+        cfg.objective.consistency = replace(cfg.objective.consistency, warmup=0.0)
     engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps)
     dataset = resolve_dataset(GMM, sigma_n, seed=0)
     torch.manual_seed(engine.seed)
@@ -163,7 +165,8 @@ def main(argv: list[str] | None = None) -> Path:
                 f"EMA weights, the default objective ('two draws': with the two-draw consistency "
                 f"estimator instead); 40-step Heun sampling. 'exact teacher': the "
                 f"analytic posterior mean replaces the network above sigma_n, so only the "
-                f"consistency loss trains it (at and below sigma_n). " + defaults_summary())
+                f"consistency loss trains it (at and below sigma_n), from the first step (no "
+                f"warm start). " + defaults_summary())
     report.table(rows)
     report.text(f"The two-draw consistency loss (its estimator, same batches and draws) of the "
                 f"exact denoiser at every level: {exact_loss:.3g} (an exact loss would give 0 up "

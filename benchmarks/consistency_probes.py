@@ -212,7 +212,7 @@ def gaussian_fixed_point(v: float, sigma_n: float, steps: int, lift: float = 1.1
     network were exact for the law it is fitted to: the model ``N(0, w)`` (``D = w / (w +
     sigma^2) x``) draws, by :func:`ambient.losses.own_samples` with ``steps`` ODE steps,
     ``N(0, F(w))``; the fixed points solve ``F(w) = w``. Returns the largest one over ``v`` (the
-    one a model that starts wide, as one trained above sigma_n only is, settles at): 1 = exact, 0 = no fixed
+    one a model that starts wide, as the warm start does, settles at): 1 = exact, 0 = no fixed
     point down to 1e-7 of the data's variance (the draws collapse). The ODE is linear in the
     data, so one data point gives ``F`` exactly."""
     one = torch.ones(1, 1, dtype=torch.float64)

@@ -30,7 +30,7 @@ from digits_benchmark import mean_sd
 
 NO_CONSISTENCY, DEFAULT = MAIN[2], MAIN[3]
 CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
-              "warm-start": MAIN[5],
+              "no-warm-start": "  own samples, no warm start",
               "3-steps": "  own samples, 3 ODE steps", "fraction-0.5": "  own samples, fraction 0.5"}
 METRICS = ["excess@sn/4", "excess@sn/2", "cov_err", "width", "core", "stranded", "sw"]
 RATIOS = ["excess@sn/4", "excess@sn/2"]

@@ -8,7 +8,7 @@ samples (full sampling; truncated at sigma_n too for the no-consistency model) t
 clean digits, and the one-step denoising MSE on them at several levels (the paper's Table 1).
 ``--net unet`` uses a small UNet instead (1500 steps; its clean oracle is near exact), and
 ``--methods`` picks the methods (e.g. ``ambient_two_draws``, the two-draw consistency estimator, or
-``ambient_previous``, the previous default: the same with a warm start). ``--seeds`` repeats every
+``ambient_previous``, the own-sample default before the warm start). ``--seeds`` repeats every
 model with other training and sampling seeds (the noisy digits stay the same draw): the tables
 then give the mean and standard deviation over seeds, and a summary line gives, per seed, the
 share of the gap between truncated sampling and the clean oracle that full sampling closes.
@@ -70,13 +70,14 @@ METHODS = {
     "ambient_consistency": Method("ambient + consistency (default)", "ambient", True, ("full",)),
     "ambient_two_draws": Method("ambient + consistency, two draws", "ambient", True, ("full",),
                                 tuple(PAIRS.items())),
-    "ambient_previous": Method("ambient + consistency, own samples, warm start (previous default)",
-                               "ambient", True, ("full",), tuple(PREVIOUS.items())),
-    "ambient_edm_schedule": Method(
-        "ambient + consistency, own samples, EDM schedule (the first default)", "ambient", True,
-        ("full",), tuple(VARIANTS["  own samples, EDM schedule (rho 7; the first default)"][2].items())),
+    "ambient_previous": Method("ambient + consistency, own samples, EDM schedule, no warm start "
+                               "(previous default)", "ambient", True, ("full",),
+                               tuple(PREVIOUS.items())),
     "ambient_3_steps": Method("ambient + consistency, own samples, 3 ODE steps", "ambient", True,
                               ("full",), tuple(VARIANTS["  own samples, 3 ODE steps"][2].items())),
+    "ambient_no_warm_start": Method(
+        "ambient + consistency, own samples, no warm start", "ambient", True, ("full",),
+        tuple(VARIANTS["  own samples, no warm start"][2].items())),
 }
 DEFAULT_METHODS = ("naive_dsm", "ambient_no_consistency", "ambient_consistency")
 NETS = {"mlp": None, "unet": {"kind": "unet"}}  # None: the digits default network (an MLP)

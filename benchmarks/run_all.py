@@ -44,8 +44,8 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
       "--methods", "ambient_no_consistency", "ambient_consistency"]),
     ("digits_unet_options.md", "Digits with a small UNet: other consistency options (one seed)",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--methods",
-      "ambient_no_consistency", "ambient_previous", "ambient_edm_schedule", "ambient_two_draws",
-      "ambient_3_steps"]),
+      "ambient_no_consistency", "ambient_previous", "ambient_two_draws", "ambient_3_steps",
+      "ambient_no_warm_start"]),
     ("memorization.md", "Memorization: clean-trained vs noisy-trained",
      ["memorization_benchmark.py"]),
 ]

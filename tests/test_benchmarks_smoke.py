@@ -27,8 +27,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "| the clean training digits | - |" in unet and "(default), full | 0.2 |" in unet
     options = (tmp_path / "digits_unet_options.md").read_text(encoding="utf-8")
     assert "consistency, two draws | full" in options and "(previous default) | full" in options
-    assert "own samples, 3 ODE steps | full" in options
-    assert "EDM schedule (the first default) | full" in options
+    assert "own samples, 3 ODE steps | full" in options and "no warm start | full" in options
 
     digits = (tmp_path / "digits.md").read_text(encoding="utf-8")
     for label in ("reference: the training digits themselves", "clean-data oracle",

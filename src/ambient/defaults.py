@@ -18,16 +18,14 @@ from ambient.train import TrainConfig
 # benchmarks/RESULTS.md): consistency as a fixed point. On a quarter of the batch the model's own
 # probability-flow ODE (6 geometric steps of a 2nd-order multistep solver) takes the data, lifted
 # to 1.1 sigma_n, to 0, and the DSM loss on those draws trains D below sigma_n
-# (ambient.losses.own_sample_loss), from the first step. It beat the two-draw estimator
-# (start="ambient", target="below", 6 substeps) at every sigma_n of the mixture benchmark, and
-# the geometric ODE schedule beat EDM's on digits. A warm start (the term off for the first half
-# of training, as the paper did; the previous default) scored worse on the mixture at every
-# sigma_n over three seeds (benchmarks/consistency_seeds.py). Fewer ODE steps (3) score better
-# at the benchmarks' small budget but shrink the draws at the fixed point
-# (benchmarks/consistency_probes.py, 1b) and fall behind when the network is trained longer
-# (benchmarks/consistency_seeds.py at 6000 steps), so 6 stays.
+# (ambient.losses.own_sample_loss), from half-way through training on (warm start). It beat the
+# two-draw estimator (start="ambient", target="below", 6 substeps) at every sigma_n of the
+# mixture benchmark; the geometric ODE schedule and the warm start close the digits gap. Fewer
+# ODE steps (3) score better at the benchmarks' small budget but shrink the draws at the fixed
+# point (benchmarks/consistency_probes.py, 1b) and fall behind when the network is trained
+# longer (benchmarks/consistency_seeds.py at 6000 steps), so 6 stays.
 DEFAULT_CONSISTENCY = ConsistencyConfig(weight=1.0, fraction=0.25, start="data", target="samples",
-                                        substeps=6, lift=1.1, schedule="geometric")
+                                        substeps=6, lift=1.1, schedule="geometric", warmup=0.5)
 # Ambient weighting lambda(sigma) * min(1/r^2, 10): learns D near sigma_n better than the
 # paper's lambda * r^2 (which vanishes as sigma -> sigma_n), same measurement.
 DEFAULT_WEIGHT_CAP = 10.0
