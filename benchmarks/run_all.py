@@ -19,7 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 RESULTS = HERE / "results"
 SECTIONS = [  # (results page, title, the command that writes it: script and arguments)
     ("step_cost.md", "Training-step cost of every objective and consistency option",
@@ -66,14 +67,23 @@ PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra argume
 ]
 
 
+def out_argument(path: Path) -> str:
+    """``--out`` for a page: relative to the repository root when inside it (the scripts run
+    there and echo their arguments in the page's rerun line, which must read as typed)."""
+    path = path.resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
 def run(page: str, extra: list[str], quick: bool, results: Path) -> None:
-    """Run the command of ``page`` (plus ``extra`` arguments) writing the page into ``results``
-    (``--quick``: the smoke version, except for step_cost.py which has none)."""
+    """Run the command of ``page`` (plus ``extra`` arguments) from the repository root, writing
+    the page into ``results`` (``--quick``: the smoke version, except for step_cost.py which has
+    none)."""
     script, *args = COMMAND[page]
-    cmd = [sys.executable, str(HERE / script), *args, *extra, "--out", str(results / page)]
+    cmd = [sys.executable, str(HERE / script), *args, *extra, "--out",
+           out_argument(results / page)]
     if quick and script != "step_cost.py":
         cmd.append("--quick")
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
 
 
 def assemble(results: Path, out: Path) -> Path:

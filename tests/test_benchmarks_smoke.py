@@ -150,3 +150,13 @@ def test_digits_pixel_spread(monkeypatch: pytest.MonkeyPatch) -> None:
     assert list(base.values()) == sorted(base.values())  # the groups are ordered by clean std
     doubled = digits.pixel_spread(2 * clean)
     assert all(doubled[k] == pytest.approx(2 * base[k]) for k in base)
+
+
+def test_run_all_passes_pages_relative_to_the_repository(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """The scripts echo ``--out`` in their pages' rerun lines: run_all gives it as typed from
+    the repository root (where it runs them), and absolute only outside the repository."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    run_all = importlib.import_module("run_all")
+    assert run_all.out_argument(run_all.RESULTS / "digits.md") == "benchmarks/results/digits.md"
+    assert run_all.out_argument(tmp_path / "digits.md") == str((tmp_path / "digits.md").resolve())
