@@ -20,7 +20,8 @@ from ambient.train import TrainConfig
 # to 1.1 sigma_n, to 0, and the DSM loss on those draws trains D below sigma_n
 # (ambient.losses.own_sample_loss), from half-way through training on (warm start). It beat the
 # two-draw estimator (start="ambient", target="below", 6 substeps) at every sigma_n of the
-# mixture benchmark; the geometric ODE schedule and the warm start close the digits gap. Fewer
+# mixture benchmark; with the geometric ODE schedule and the warm start it scores better on
+# digits than the EDM schedule without (benchmarks/digits_benchmark.py, options page). Fewer
 # ODE steps (3) score better at the benchmarks' small budget but shrink the draws at the fixed
 # point (benchmarks/consistency_probes.py, 1b) and fall behind when the network is trained
 # longer (benchmarks/consistency_seeds.py at 6000 steps), so 6 stays. Without the warm start
