@@ -47,6 +47,8 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--methods",
       "ambient_no_consistency", "ambient_previous", "ambient_two_draws", "ambient_3_steps",
       "ambient_no_warm_start"]),
+    ("digits_background.md", "Diagnostic: where the default's Frechet gap on the digits comes "
+     "from", ["digits_background.py"]),
     ("memorization.md", "Memorization: clean-trained vs noisy-trained",
      ["memorization_benchmark.py"]),
 ]
@@ -61,6 +63,7 @@ PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra argume
     ("digits_unet.md", []),
     ("digits_unet_options.md", []),
     ("digits.md", []),
+    ("digits_background.md", []),
     ("exact_teacher.md", []),
     ("consistency_probes.md", []),
     ("memorization.md", []),

@@ -29,6 +29,12 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "consistency, two draws | full" in options and "(previous default) | full" in options
     assert "own samples, 3 ODE steps | full" in options and "no warm start | full" in options
 
+    background = (tmp_path / "digits_background.md").read_text(encoding="utf-8")
+    for label in ("| the clean training digits | - |", "+ N(0, 0.1^2) per pixel | - |",
+                  "| ambient, no consistency | D(x, 0.2) |",
+                  "| ambient + consistency (default) | full (to 0) |", "| clean-data oracle | D(x, 0.05) |"):
+        assert label in background, label
+
     digits = (tmp_path / "digits.md").read_text(encoding="utf-8")
     for label in ("reference: the training digits themselves", "clean-data oracle",
                   "naive DSM on the noisy digits", "ambient, no consistency | truncated",
