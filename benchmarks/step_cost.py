@@ -2,9 +2,11 @@
 
 Rounds are interleaved (one step of every objective per round) so that load on a shared
 machine hits all of them alike; the median over rounds is reported. Also: images/s of the
-digits UNet and MLP and the process's peak resident memory.
+digits UNet and MLP and the process's peak resident memory (on a GPU also its peak allocated
+memory; each timed step then ends with a device synchronisation).
 
-    python benchmarks/step_cost.py            # writes benchmarks/results/step_cost.md
+    python benchmarks/step_cost.py                  # writes benchmarks/results/step_cost.md
+    python benchmarks/step_cost.py --device cuda --out benchmarks/results/step_cost_gpu.md
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -32,22 +35,24 @@ OBJECTIVES = {  # the plain objectives, then every option of the consistency abl
 }
 
 
-def time_steps(net_kind: str, batch: int, rounds: int) -> dict[str, float]:
-    y = load_digits("train") + 0.2 * torch.randn(1438, 1, 8, 8)
-    sigma_n = torch.full((len(y),), 0.2)
+def time_steps(net_kind: str, batch: int, rounds: int, device: torch.device) -> dict[str, float]:
+    y = (load_digits("train") + 0.2 * torch.randn(1438, 1, 8, 8)).to(device)
+    sigma_n = torch.full((len(y),), 0.2, device=device)
     torch.manual_seed(0)
-    model = build_denoiser((1, 8, 8), kind=net_kind)
+    model = build_denoiser((1, 8, 8), kind=net_kind).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     times: dict[str, list[float]] = {k: [] for k in OBJECTIVES}
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device).manual_seed(0)
     for r in range(rounds + 2):
         for name, cfg in OBJECTIVES.items():
-            idx = torch.randint(len(y), (batch,), generator=g)
+            idx = torch.randint(len(y), (batch,), generator=g, device=device)
             start = time.perf_counter()
             loss, _ = training_loss(model, y[idx], sigma_n[idx], cfg, generator=g)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             if r >= 2:  # warm-up rounds excluded
                 times[name].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}
@@ -58,23 +63,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default="benchmarks/results/step_cost.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    where = (f"{args.threads} CPU threads" if device.type == "cpu"
+             else f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}")
+    rerun = " ".join(["python benchmarks/step_cost.py", *sys.argv[1:]])
     lines = [f"Digits (8x8) at sigma_n = 0.2, batch {args.batch}, median of {args.rounds} "
-             f"interleaved rounds, {args.threads} CPU threads. Consistency default: {DEFAULT_CONSISTENCY}.",
+             f"interleaved rounds, {where}. Consistency default: {DEFAULT_CONSISTENCY}.",
              "",
-             "Rerun: `python benchmarks/step_cost.py`", "",
+             f"Rerun: `{rerun}`", "",
              "| network | objective | ms / step | ratio to DSM | images / s |",
              "|---|---|---:|---:|---:|"]
     for kind in ("unet", "mlp"):
-        med = time_steps(kind, args.batch, args.rounds)
+        med = time_steps(kind, args.batch, args.rounds, device)
         for name, sec in med.items():
             lines.append(f"| {kind} | {name} | {sec * 1e3:.1f} | {sec / med['DSM']:.2f} | "
                          f"{args.batch / sec:.0f} |")
         print("\n".join(lines[-len(med):]), flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines += ["", f"Peak resident memory of the benchmark process: {peak:.0f} MiB."]
+    if device.type == "cuda":
+        lines[-1] += f" Peak GPU memory allocated: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB."
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
