@@ -13,6 +13,8 @@ median over the steps after the first two, its ratio is to the same batch withou
 (`ambient.defaults.DEFAULT_CONSISTENCY` with the paper's weight), switched on from the first step.
 
     python benchmarks/latent_gpu.py          # a CUDA GPU: writes benchmarks/results/latent_gpu.md
+    python benchmarks/latent_gpu.py --forward-only --forward-batches 1 2 4 16 \
+        --out benchmarks/results/latent_forward.md   # UNet forward latency (launch-bound or not)
     python benchmarks/latent_gpu.py --tiny   # the same path on tiny components (CPU smoke run)
 """
 
@@ -191,6 +193,50 @@ def time_setting(setting: Setting, model: Path, data: Path, resolution: int, out
             "loss": records[-1]["loss"], "consistency": records[-1].get("consistency", 0.0)}
 
 
+@torch.no_grad()
+def forward_latency(model: Path, batches: list[int], dtype: torch.dtype, device: torch.device,
+                    rank: int = 4) -> list[str]:
+    """Table rows: per batch size, the wall time of one no-grad forward of the saved UNet with
+    LoRA adapters (as the consistency term's own-sample draws call it), synchronised, and the
+    time until the call returns (launching its kernels from Python); median of 5 after 2
+    warm-ups. Equal times mean the GPU waits for Python: the call is launch-bound."""
+    from diffusers import UNet2DConditionModel
+
+    from ambient.latent.finetune import ATTENTION_PROJECTIONS, add_lora
+
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype)
+    add_lora(unet, rank, ATTENTION_PROJECTIONS)
+    unet.to(device)
+    cfg = unet.config
+    pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, 4, cfg.sample_size, cfg.sample_size, device=device, dtype=dtype)
+        cond = {"encoder_hidden_states": torch.randn(batch, 77, cfg.cross_attention_dim,
+                                                     device=device, dtype=dtype),
+                "added_cond_kwargs": {
+                    "text_embeds": torch.randn(batch, pooled, device=device, dtype=dtype),
+                    "time_ids": torch.ones(batch, 6, device=device, dtype=dtype)}}
+        t = torch.full((batch,), 500.0, device=device)
+        walls, launches = [], []
+        for i in range(7):
+            sync()
+            start = time.perf_counter()
+            unet(x, t, **cond)
+            launched = time.perf_counter() - start
+            sync()
+            if i >= 2:
+                walls.append(time.perf_counter() - start)
+                launches.append(launched)
+        rows.append(f"| {batch} | {statistics.median(walls) * 1e3:.0f} | "
+                    f"{statistics.median(launches) * 1e3:.0f} |")
+        print(rows[-1], flush=True)
+    del unet
+    free_memory()
+    return rows
+
+
 def sample(run: Path, out: Path, resolution: int, dtype: str) -> dict[str, float | int]:
     """``ambient latent-sample`` as a user types it: 2 images, 25 DDIM steps with guidance."""
     cmd = [sys.executable, "-m", "ambient.cli", "latent-sample", "--run", str(run), "--num", "2",
@@ -209,6 +255,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--t-n", type=int, default=500, help="timestep of the data's noise")
     parser.add_argument("--batches", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="bf16")
+    parser.add_argument("--forward-batches", type=int, nargs="+", default=[],
+                        help="also time one no-grad UNet forward at these batch sizes")
+    parser.add_argument("--forward-only", action="store_true",
+                        help="only the no-grad forward timing (no fine-tuning, no sampling)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latent_gpu.md"))
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
@@ -224,9 +274,9 @@ def main(argv: list[str] | None = None) -> Path:
     where = (f"{torch.cuda.get_device_name()} ({gib:.0f} GiB)" if cuda else "CPU") + \
         f", torch {torch.__version__}"
     # every batch without gradient checkpointing, the largest also with it
-    settings = [Setting(b, ckpt, cons) for b in args.batches
-                for ckpt in ((False, True) if b == max(args.batches) else (False,))
-                for cons in (False, True)]
+    settings = [] if args.forward_only else [
+        Setting(b, ckpt, cons) for b in args.batches
+        for ckpt in ((False, True) if b == max(args.batches) else (False,)) for cons in (False, True)]
     rerun = " ".join(["python benchmarks/latent_gpu.py", *(sys.argv[1:] if argv is None else argv)])
     rows: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -234,6 +284,8 @@ def main(argv: list[str] | None = None) -> Path:
         start = time.perf_counter()
         params = build_sdxl(spec, root / "model", device, dtype)
         build_s = time.perf_counter() - start
+        forward = (forward_latency(root / "model", args.forward_batches, dtype, device)
+                   if args.forward_batches else [])
         write_images(root / "data", args.images, spec["resolution"])
         results: dict[str, dict] = {}
         for i, setting in enumerate(settings):
@@ -266,12 +318,17 @@ def main(argv: list[str] | None = None) -> Path:
         f"t_n = {args.t_n} (consistency weight {paper_consistency_weight(args.t_n)}); {args.steps} "
         "steps per setting, median step time after two warm-up steps.",
         "",
-        "| batch | gradient checkpointing | consistency | s / step | ratio to no consistency | "
-        "images / s | peak GPU memory (GiB) |",
-        "|---:|---|---|---:|---:|---:|---:|",
-        *rows,
-        "",
     ]
+    if rows:
+        lines += ["| batch | gradient checkpointing | consistency | s / step | ratio to no consistency "
+                  "| images / s | peak GPU memory (GiB) |",
+                  "|---:|---|---|---:|---:|---:|---:|", *rows, ""]
+    if forward:
+        lines += ["One no-grad forward of the UNet with its LoRA adapters (the call the consistency "
+                  "term's own-sample draws make), median of 5; equal columns mean the GPU waits "
+                  "for Python to launch the kernels:", "",
+                  "| batch | ms, synchronised | ms until the call returns |", "|---:|---:|---:|",
+                  *forward, ""]
     if sampled:
         lines.append(f"`ambient latent-sample` (2 images, 25 DDIM steps, guidance 5, "
                      f"{spec['resolution']} px, the last run's LoRA): {sampled['images']} PNG files "

@@ -5,7 +5,9 @@
     python benchmarks/run_all.py --assemble   # only rebuild RESULTS.md from benchmarks/results/
 
 The single-threaded training benchmarks run two at a time (one per core); the step-cost
-benchmark, which times steps on 2 threads, runs alone after them.
+benchmark, which times steps on 2 threads, runs alone after them. The pages of GPU_SECTIONS
+need a CUDA GPU and are not run here (`bash benchmarks/gpu_checks.sh OUT`, or the command on
+each page); RESULTS.md collects those present in benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
     ("memorization.md", "Memorization: clean-trained vs noisy-trained",
      ["memorization_benchmark.py"]),
 ]
+GPU_SECTIONS = [  # (results page, title): written on a GPU by the command each page names
+    ("step_cost_gpu.md", "On a GPU: training-step cost at batch 128"),
+    ("step_cost_gpu_b4096.md", "On a GPU: training-step cost at batch 4096"),
+    ("latent_gpu.md", "On a GPU: SDXL at real size, fine-tuning step and sampling"),
+    ("latent_forward.md", "On a GPU: SDXL UNet forward latency by batch size"),
+]
 COMMAND = {page: command for page, _, command in SECTIONS}
 PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra arguments)
     ("consistency.md", ["--shard", "0/2"]),
@@ -95,13 +103,16 @@ def assemble(results: Path, out: Path) -> Path:
     parts = ["# Benchmark results", "",
              "Every table below is written by the script named under it; rebuild this page with "
              "`python benchmarks/run_all.py` (or `--assemble` to only collect the outputs in "
-             "benchmarks/results/). Figures are from runs on a shared 2-core CPU machine, no GPU."]
+             "benchmarks/results/). Figures are from runs on a shared 2-core CPU machine, no GPU, except "
+             "the sections titled 'On a GPU' at the end (their pages name the GPU and the "
+             "command; `bash benchmarks/gpu_checks.sh OUT` runs them all)."]
     if timing.exists():
         minutes = float(timing.read_text(encoding="utf-8")) / 60
         parts.append(f"The last full `python benchmarks/run_all.py` took {minutes:.0f} min.")
     parts.append("")
     prefix = results.resolve().relative_to(out.parent.resolve()).as_posix()
-    for name, title, _ in SECTIONS:
+    gpu_pages = [(name, title) for name, title in GPU_SECTIONS if (results / name).exists()]
+    for name, title in [(name, title) for name, title, _ in SECTIONS] + gpu_pages:
         path = results / name
         text = (path.read_text(encoding="utf-8") if path.exists()
                 else f"(not run yet: {path} is missing)")

@@ -166,3 +166,27 @@ def test_run_all_passes_pages_relative_to_the_repository(monkeypatch: pytest.Mon
     run_all = importlib.import_module("run_all")
     assert run_all.out_argument(run_all.RESULTS / "digits.md") == "benchmarks/results/digits.md"
     assert run_all.out_argument(tmp_path / "digits.md") == str((tmp_path / "digits.md").resolve())
+
+
+def test_latent_gpu_benchmark_runs_the_real_path_on_tiny_components(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``latent_gpu.py --tiny`` (the CPU stand-in of the GPU benchmark): a saved SDXL folder,
+    fine-tuning with and without consistency and with gradient checkpointing, the forward
+    timing and ``ambient latent-sample``; every setting gets a time and a ratio, and the
+    assembled RESULTS.md takes the GPU pages found in the results folder."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("PYTHONPATH", str(BENCHMARKS.parent / "src"))  # for the sampling CLI
+    latent_gpu = importlib.import_module("latent_gpu")
+    out = latent_gpu.main(["--tiny", "--batches", "2", "--steps", "3", "--images", "4",
+                           "--forward-batches", "1", "--out", str(tmp_path / "latent_gpu.md")])
+    page = out.read_text(encoding="utf-8")
+    rows = [line.split("|")[1:-1] for line in page.splitlines() if line.startswith("| 2 |")]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [
+        ("no", "off"), ("no", "default"), ("yes", "off"), ("yes", "default")]
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
+    assert [r[4].strip() for r in rows[::2]] == ["1.00", "1.00"]  # ratios to the same batch
+    assert "| 1 |" in page and "2 PNG files" in page
+    run_all = importlib.import_module("run_all")
+    results = run_all.assemble(tmp_path, tmp_path / "RESULTS.md").read_text(encoding="utf-8")
+    assert "## On a GPU: SDXL at real size, fine-tuning step and sampling" in results
+    assert "On a GPU: training-step cost at batch 128" not in results  # absent pages are skipped
