@@ -374,9 +374,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: few steps and samples")
     parser.add_argument("--steps", type=int, help=f"training steps per model (default by network "
-                                                  f"{STEPS}, {QUICK_STEPS} with --quick)")
-    parser.add_argument("--num", type=int, help=f"samples per model (default {NUM}, "
-                                                f"{QUICK_NUM} with --quick)")
+                                                  f"{STEPS}; --quick: {QUICK_STEPS})")
+    parser.add_argument("--num", type=int, help=f"samples per model (default {NUM}; "
+                                                f"--quick: {QUICK_NUM})")
     parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS),
                         help="training noise levels sigma_n")
     parser.add_argument("--net", choices=sorted(NETS), default="mlp",
@@ -388,8 +388,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/digits.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    steps = args.steps or (QUICK_STEPS if args.quick else STEPS[args.net])
-    num = args.num or (QUICK_NUM if args.quick else NUM)
+    # --quick (the smoke run) overrides the budget given by --steps / --num
+    steps = QUICK_STEPS if args.quick else args.steps or STEPS[args.net]
+    num = QUICK_NUM if args.quick else args.num or NUM
     seeds = args.seeds[:1] if args.quick else args.seeds
     rerun = " ".join([COMMAND, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     figures = args.out.with_suffix("")
