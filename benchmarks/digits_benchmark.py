@@ -60,6 +60,7 @@ class Method:
     consistency: bool
     modes: tuple[str, ...]
     overrides: tuple[tuple[str, object], ...] = ()  # consistency settings other than the default
+    settings: tuple[tuple[str, object], ...] = ()  # objective settings other than the default
 
 
 ORACLE = Method("clean-data oracle (DSM on clean digits)", "dsm", False, ("full",))
@@ -78,6 +79,12 @@ METHODS = {
     "ambient_no_warm_start": Method(
         "ambient + consistency, own samples, no warm start", "ambient", True, ("full",),
         tuple(VARIANTS["  own samples, no warm start"][2].items())),
+    "ambient_cap1_no_consistency": Method(
+        "ambient, no consistency, paper weighting (cap 1)", "ambient", False, ("full", "truncated"),
+        settings=(("weight_cap", 1.0),)),
+    "ambient_cap1_consistency": Method(
+        "ambient + consistency (default), paper weighting (cap 1)", "ambient", True, ("full",),
+        settings=(("weight_cap", 1.0),)),
 }
 DEFAULT_METHODS = ("naive_dsm", "ambient_no_consistency", "ambient_consistency")
 NETS = {"mlp": None, "unet": {"kind": "unet"}}  # None: the digits default network (an MLP)
@@ -127,6 +134,7 @@ def train_config(method: Method, steps: int, sigma_n: float, net: str = "mlp",
     cfg.engine = replace(cfg.engine, steps=steps, sample_every=0, checkpoint_every=steps,
                          log_every=max(1, steps // 10), seed=seed)
     cfg.objective.method = method.objective
+    cfg.objective = replace(cfg.objective, **dict(method.settings))
     cfg.objective.consistency = replace(cfg.objective.consistency, **dict(method.overrides))
     if not method.consistency:
         cfg.objective.consistency.weight = 0.0

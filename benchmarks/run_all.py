@@ -1,6 +1,6 @@
 """Run every benchmark and assemble benchmarks/RESULTS.md from their outputs.
 
-    python benchmarks/run_all.py              # all benchmarks (about 2 h 15 min on 2 CPU cores)
+    python benchmarks/run_all.py              # all benchmarks (about 3 h on 2 CPU cores)
     python benchmarks/run_all.py --quick      # smoke versions into a temp folder (minutes)
     python benchmarks/run_all.py --assemble   # only rebuild RESULTS.md from benchmarks/results/
 
@@ -53,6 +53,14 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "(6000 steps), seed 1",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "1", "--steps", "6000",
       "--methods", "ambient_no_consistency", "ambient_consistency"]),
+    ("digits_unet_6000_cap1_s0.md", "Digits with a small UNet at 6000 steps with the paper's "
+     "ambient weighting (weight cap 1), seed 0",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "--steps", "6000",
+      "--methods", "ambient_cap1_no_consistency", "ambient_cap1_consistency"]),
+    ("digits_unet_6000_cap1_s1.md", "Digits with a small UNet at 6000 steps with the paper's "
+     "ambient weighting (weight cap 1), seed 1",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "1", "--steps", "6000",
+      "--methods", "ambient_cap1_no_consistency", "ambient_cap1_consistency"]),
     ("digits_unet_options.md", "Digits with a small UNet: other consistency options (one seed)",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--methods",
       "ambient_no_consistency", "ambient_previous", "ambient_two_draws", "ambient_3_steps",
@@ -72,6 +80,8 @@ COMMAND = {page: command for page, _, command in SECTIONS}
 PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra arguments)
     ("digits_unet_6000_s0.md", []),
     ("digits_unet_6000_s1.md", []),
+    ("digits_unet_6000_cap1_s0.md", []),
+    ("digits_unet_6000_cap1_s1.md", []),
     ("consistency.md", ["--shard", "0/2"]),
     ("consistency.md", ["--shard", "1/2"]),
     ("consistency_seeds.md", ["--shard", "0/2"]),
