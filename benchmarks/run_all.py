@@ -45,22 +45,13 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
       "--methods", "ambient_no_consistency", "ambient_consistency"]),
-    ("digits_unet_6000_s0.md", "Digits with a small UNet at four times the training budget "
-     "(6000 steps), seed 0",
-     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "--steps", "6000",
-      "--methods", "ambient_no_consistency", "ambient_consistency"]),
-    ("digits_unet_6000_s1.md", "Digits with a small UNet at four times the training budget "
-     "(6000 steps), seed 1",
-     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "1", "--steps", "6000",
-      "--methods", "ambient_no_consistency", "ambient_consistency"]),
-    ("digits_unet_6000_cap1_s0.md", "Digits with a small UNet at 6000 steps with the paper's "
-     "ambient weighting (weight cap 1), seed 0",
-     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "--steps", "6000",
-      "--methods", "ambient_cap1_no_consistency", "ambient_cap1_consistency"]),
-    ("digits_unet_6000_cap1_s1.md", "Digits with a small UNet at 6000 steps with the paper's "
-     "ambient weighting (weight cap 1), seed 1",
-     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "1", "--steps", "6000",
-      "--methods", "ambient_cap1_no_consistency", "ambient_cap1_consistency"]),
+    *[(f"digits_unet_6000{tag}_s{seed}.md", f"Digits with a small UNet at four times the training "
+       f"budget (6000 steps){title}, seed {seed}",
+       ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", str(seed), "--steps",
+        "6000", "--methods", f"ambient{prefix}_no_consistency", f"ambient{prefix}_consistency"])
+      for tag, prefix, title in [("", "", ""), ("_cap1", "_cap1", ", paper's ambient weighting "
+                                               "(weight cap 1)")]
+      for seed in (0, 1)],
     ("digits_unet_options.md", "Digits with a small UNet: other consistency options (one seed)",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--methods",
       "ambient_no_consistency", "ambient_previous", "ambient_two_draws", "ambient_3_steps",
@@ -78,10 +69,7 @@ GPU_SECTIONS = [  # (results page, title): written on a GPU by the command each 
 ]
 COMMAND = {page: command for page, _, command in SECTIONS}
 PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra arguments)
-    ("digits_unet_6000_s0.md", []),
-    ("digits_unet_6000_s1.md", []),
-    ("digits_unet_6000_cap1_s0.md", []),
-    ("digits_unet_6000_cap1_s1.md", []),
+    *[(f"digits_unet_6000{tag}_s{seed}.md", []) for tag in ("", "_cap1") for seed in (0, 1)],
     ("consistency.md", ["--shard", "0/2"]),
     ("consistency.md", ["--shard", "1/2"]),
     ("consistency_seeds.md", ["--shard", "0/2"]),
