@@ -133,8 +133,7 @@ def train_config(method: Method, steps: int, sigma_n: float, net: str = "mlp",
     cfg.net = NETS[net] or cfg.net
     cfg.engine = replace(cfg.engine, steps=steps, sample_every=0, checkpoint_every=steps,
                          log_every=max(1, steps // 10), seed=seed)
-    cfg.objective.method = method.objective
-    cfg.objective = replace(cfg.objective, **dict(method.settings))
+    cfg.objective = replace(cfg.objective, method=method.objective, **dict(method.settings))
     cfg.objective.consistency = replace(cfg.objective.consistency, **dict(method.overrides))
     if not method.consistency:
         cfg.objective.consistency.weight = 0.0

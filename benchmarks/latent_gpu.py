@@ -42,6 +42,7 @@ from ambient.latent.finetune import (
     finetune,
     paper_consistency_weight,
     paper_engine_config,
+    weight_dtype,
 )
 
 # SDXL base 1.0 (unet/, vae/, text_encoder/, text_encoder_2/ configs) and a tiny stand-in.
@@ -267,9 +268,8 @@ def main(argv: list[str] | None = None) -> Path:
                      "(use --tiny for the CPU smoke run)")
     spec = TINY if args.tiny else SDXL
     device = torch.device("cuda" if cuda else "cpu")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision, torch.float32)
-    if not cuda:
-        dtype = torch.float32  # what finetune uses on the CPU
+    dtype = weight_dtype(args.mixed_precision, device)  # the frozen weights' dtype in finetune
+    dtype_name = str(dtype).removeprefix("torch.")
     gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else 0.0
     where = (f"{torch.cuda.get_device_name()} ({gib:.0f} GiB)" if cuda else "CPU") + \
         f", torch {torch.__version__}"
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> Path:
             print(setting.label, results[setting.label], flush=True)
         last_ok = [i for i, s in enumerate(settings) if "error" not in results[s.label]]
         sampled = (sample(root / f"run{last_ok[-1]}", root / "samples", spec["resolution"],
-                          str(dtype).removeprefix("torch.")) if last_ok else None)
+                          dtype_name) if last_ok else None)
     for setting in settings:
         r = results[setting.label]
         base = results[replace(setting, consistency=False).label]
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> Path:
         "",
         f"Rerun: `{rerun}`. Device: {where}. UNet parameters: {params / 1e6:,.1f} M (random "
         f"weights, built and saved in {build_s:.0f} s); LoRA rank 4 on the attention projections; "
-        f"frozen weights in {str(dtype).removeprefix('torch.')}, mixed precision "
+        f"frozen weights in {dtype_name}, mixed precision "
         f"{args.mixed_precision}; {args.images} synthetic {spec['resolution']} px images, "
         f"t_n = {args.t_n} (consistency weight {paper_consistency_weight(args.t_n)}); {args.steps} "
         "steps per setting, median step time after two warm-up steps.",

@@ -98,7 +98,7 @@ def _check(cfg: FinetuneConfig, model: LatentModel) -> None:
     cfg.consistency_config().validate(prefix="consistency")
 
 
-def _weight_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
+def weight_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
     """Frozen weights in 16 bits when training in mixed precision on a GPU, else float32."""
     if device.type != "cuda" or mixed_precision == "no":
         return torch.float32
@@ -155,7 +155,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
                            "or choose a new --out")
     examples = list_examples(cfg.data, cfg.prompt, cfg.caption_column)
     state = PartialState()
-    dtype = _weight_dtype(cfg.engine.mixed_precision, state.device)
+    dtype = weight_dtype(cfg.engine.mixed_precision, state.device)
     pipe = load_pipeline(cfg.pretrained, dtype)
     model = LatentModel(pipe, state.device)
     _check(cfg, model)
