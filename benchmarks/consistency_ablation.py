@@ -64,6 +64,7 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
     "  own samples, 12 ODE steps": ("ambient", False, {"substeps": 12}, {}),
     "  own samples from 2 sigma_n": ("ambient", False, {"lift": 2.0}, {}),
     "  own samples, fraction 0.5": ("ambient", False, {"fraction": 0.5}, {}),
+    "  own samples, paper weighting (cap 1)": ("ambient", False, {}, {"weight_cap": 1.0}),
     "  two draws, one jump below (1 substep)": ("ambient", False, {**PAIRS, "substeps": 1}, {}),
     "  two draws from data, chain 4, small steps 5%": ("ambient", False, DATA_SMALL_STEPS, {}),
     "  two draws from data, no chain, one jump below": ("ambient", False, {

@@ -1,6 +1,6 @@
 """Run every benchmark and assemble benchmarks/RESULTS.md from their outputs.
 
-    python benchmarks/run_all.py              # all benchmarks (about 3 h on 2 CPU cores)
+    python benchmarks/run_all.py              # all benchmarks (about 4 h on 2 CPU cores)
     python benchmarks/run_all.py --quick      # smoke versions into a temp folder (minutes)
     python benchmarks/run_all.py --assemble   # only rebuild RESULTS.md from benchmarks/results/
 
@@ -35,6 +35,13 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "four times the training budget",
      ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3",
       "--candidates", "none", "default", "no-warm-start", "3-steps"]),
+    *[(f"consistency_cap1{tag}.md", f"Gaussian mixture: the paper's ambient weighting (weight "
+       f"cap 1) vs the default's cap 10{title}",
+       ["consistency_seeds.py", *budget, "--candidates", "none", "default", "cap1-none", "cap1"])
+      for tag, title, budget in [
+          ("", ", three seeds", []),
+          ("_budget", " at four times the training budget",
+           ["--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3"])]],
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
     ("consistency_probes.md", "Diagnostic: probes of the own-sample fixed point",
@@ -45,6 +52,10 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
       "--methods", "ambient_no_consistency", "ambient_consistency"]),
+    ("digits_unet_cap1.md", "Digits with a small UNet, paper's ambient weighting (weight cap 1), "
+     "three seeds",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
+      "--methods", "ambient_cap1_no_consistency", "ambient_cap1_consistency"]),
     *[(f"digits_unet_6000{tag}_s{seed}.md", f"Digits with a small UNet at four times the training "
        f"budget (6000 steps){title}, seed {seed}",
        ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", str(seed), "--steps",
@@ -76,7 +87,10 @@ PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra argume
     ("consistency_seeds.md", ["--shard", "1/2"]),
     ("consistency_budget.md", ["--shard", "0/2"]),
     ("consistency_budget.md", ["--shard", "1/2"]),
+    *[(f"consistency_cap1{tag}.md", ["--shard", f"{k}/2"]) for tag in ("_budget", "")
+      for k in (0, 1)],
     ("digits_unet.md", []),
+    ("digits_unet_cap1.md", []),
     ("digits_unet_options.md", []),
     ("digits.md", []),
     ("digits_background.md", []),

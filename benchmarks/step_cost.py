@@ -30,8 +30,10 @@ OBJECTIVES = {  # the plain objectives, then every option of the consistency abl
     "DSM": ObjectiveConfig(method="dsm"),
     "ambient": ObjectiveConfig(weight_cap=DEFAULT_WEIGHT_CAP),
     "SURE": ObjectiveConfig(method="sure"),
-    **{name.strip(): variant_objective(name) for name, (method, _, overrides, _) in VARIANTS.items()
-       if method == "ambient" and overrides is not None},
+    # (the weight-cap variants are left out: the cap scales the ambient weights, not the work)
+    **{name.strip(): variant_objective(name)
+       for name, (method, _, overrides, objective) in VARIANTS.items()
+       if method == "ambient" and overrides is not None and not objective},
 }
 
 

@@ -132,6 +132,13 @@ def test_consistency_seeds_are_paired(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cells[-2] == cells[-1] == "0.375 ± 0.18"  # per seed: 0.5 and 0.25
     nocons = next(x for x in table.splitlines() if x.startswith(f"| {seeds.NO_CONSISTENCY} |"))
     assert nocons.rstrip().endswith("|  |  |")  # no ratio to itself
+    # the cap-1 candidate is paired with the cap-1 no-consistency model, which has no ratio
+    cap1, cap1_none = seeds.CANDIDATES["cap1"], seeds.CANDIDATES["cap1-none"]
+    table = seeds.summarise(rows + [row(cap1_none, 0, 2.0, 1.0), row(cap1, 0, 0.5, 1.0)])
+    line = next(x for x in table.splitlines() if x.startswith(f"| {cap1.strip()} |"))
+    assert line.rstrip().endswith("| 0.25 | 0.25 |")
+    line = next(x for x in table.splitlines() if x.startswith(f"| {cap1_none} |"))
+    assert line.rstrip().endswith("|  |  |")
 
 
 def test_gaussian_fixed_point_of_the_refit(monkeypatch: pytest.MonkeyPatch) -> None:
