@@ -215,19 +215,26 @@ def gap_closed(results: Sequence[RunResult], suffix: str = "") -> str:
     full, trunc = "full" + suffix, "truncated" + suffix
     oracle = {r.seed: r.frechet[full] for r in results if r.method == ORACLE and full in r.frechet}
     truncated = {(r.seed, r.sigma_n): r.frechet[trunc] for r in results if trunc in r.frechet}
-    shares: dict[tuple[str, float], list[float]] = {}
+    shares: dict[tuple[str, float], list[float | None]] = {}
     for r in results:
         key = (r.seed, r.sigma_n)
         if r.method == ORACLE or key not in truncated or r.seed not in oracle:
             continue
         gap = truncated[key] - oracle[r.seed]
-        share = (truncated[key] - r.frechet[full]) / gap if gap > 0 else math.nan
+        share = (truncated[key] - r.frechet[full]) / gap if gap > 0 else None
         shares.setdefault((r.method.label, r.sigma_n), []).append(share)
     if not shares:
         return "(the oracle or the truncated samples have not run yet)"
-    return "\n".join(f"- {label}, sigma_n={sigma_n:g}: full sampling closes "
-                     f"{mean_sd(v, '.2f', '.2f')} of the gap (per seed: "
-                     f"{', '.join(f'{x:.2f}' for x in v)})" for (label, sigma_n), v in shares.items())
+    lines = []
+    for (label, sigma_n), v in shares.items():
+        known = [x for x in v if x is not None]
+        lines.append(f"- {label}, sigma_n={sigma_n:g}: full sampling closes "
+                     f"{mean_sd(known, '.2f', '.2f') if known else 'nothing measurable'} of the "
+                     f"gap (per seed: {', '.join('no gap' if x is None else f'{x:.2f}' for x in v)})")
+    if any(None in v for v in shares.values()):
+        lines.append("- (no gap: on that seed truncated sampling already scores at or below the "
+                     "oracle; the mean is over the other seeds)")
+    return "\n".join(lines)
 
 
 def spread_rows(results: Sequence[RunResult]) -> list[dict[str, object]]:

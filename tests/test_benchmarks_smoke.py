@@ -104,11 +104,18 @@ def test_digits_seeds_are_summarised(monkeypatch: pytest.MonkeyPatch) -> None:
                     result(cons, 0.2, seed, {"full": full}, 2.0)]
     gaps = digits.gap_closed(results)
     assert "ambient + consistency (default), sigma_n=0.2: full sampling closes 0.65 ± 0.21" in gaps
-    assert "(per seed: 0.50, 0.80)" in gaps
+    assert "(per seed: 0.50, 0.80)" in gaps and "no gap" not in gaps
     rows = {(r["method"], r["sampling"]): r for r in digits.frechet_rows(results, {0.0: 3.0})}
     assert rows[(cons.label, "full")]["sigma_n=0.2"] == "4.45 ± 0.071"
     means = {r.method: r for r in digits.seed_means(results)}
     assert means[nocons].denoising == {0.1: 3.5} and means[nocons].seconds == 15.0
+    # a seed whose truncated samples already score below its oracle has no gap to close
+    results += [result(digits.ORACLE, 0.0, 2, {"full": 5.0}, 1.0),
+                result(nocons, 0.2, 2, {"full": 4.8, "truncated": 4.9}, 3.0),
+                result(cons, 0.2, 2, {"full": 4.0}, 2.0)]
+    gaps = digits.gap_closed(results)
+    assert "closes 0.65 ± 0.21 of the gap (per seed: 0.50, 0.80, no gap)" in gaps
+    assert "(no gap: on that seed truncated sampling already scores" in gaps and "nan" not in gaps
 
 
 def test_consistency_seeds_are_paired(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,7 +141,7 @@ def test_consistency_seeds_are_paired(monkeypatch: pytest.MonkeyPatch) -> None:
     assert nocons.rstrip().endswith("|  |  |")  # no ratio to itself
     # the cap-1 candidate is paired with the cap-1 no-consistency model, which has no ratio
     cap1, cap1_none = seeds.CANDIDATES["cap1"], seeds.CANDIDATES["cap1-none"]
-    table = seeds.summarise(rows + [row(cap1_none, 0, 2.0, 1.0), row(cap1, 0, 0.5, 1.0)])
+    table = seeds.summarise([*rows, row(cap1_none, 0, 2.0, 1.0), row(cap1, 0, 0.5, 1.0)])
     line = next(x for x in table.splitlines() if x.startswith(f"| {cap1.strip()} |"))
     assert line.rstrip().endswith("| 0.25 | 0.25 |")
     line = next(x for x in table.splitlines() if x.startswith(f"| {cap1_none} |"))
