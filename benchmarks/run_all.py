@@ -1,6 +1,6 @@
 """Run every benchmark and assemble benchmarks/RESULTS.md from their outputs.
 
-    python benchmarks/run_all.py              # all benchmarks (about 4 h on 2 CPU cores)
+    python benchmarks/run_all.py              # all benchmarks (about 4.5 h on 2 CPU cores)
     python benchmarks/run_all.py --quick      # smoke versions into a temp folder (minutes)
     python benchmarks/run_all.py --assemble   # only rebuild RESULTS.md from benchmarks/results/
 
@@ -62,7 +62,7 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
         "6000", "--methods", f"ambient{prefix}_no_consistency", f"ambient{prefix}_consistency"])
       for tag, prefix, title in [("", "", ""), ("_cap1", "_cap1", ", paper's ambient weighting "
                                                "(weight cap 1)")]
-      for seed in (0, 1)],
+      for seed in (0, 1, 2)],
     ("digits_unet_options.md", "Digits with a small UNet: other consistency options (one seed)",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--methods",
       "ambient_no_consistency", "ambient_previous", "ambient_two_draws", "ambient_3_steps",
@@ -80,7 +80,7 @@ GPU_SECTIONS = [  # (results page, title): written on a GPU by the command each 
 ]
 COMMAND = {page: command for page, _, command in SECTIONS}
 PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra arguments)
-    *[(f"digits_unet_6000{tag}_s{seed}.md", []) for tag in ("", "_cap1") for seed in (0, 1)],
+    *[(f"digits_unet_6000{tag}_s{seed}.md", []) for tag in ("", "_cap1") for seed in (0, 1, 2)],
     ("consistency.md", ["--shard", "0/2"]),
     ("consistency.md", ["--shard", "1/2"]),
     ("consistency_seeds.md", ["--shard", "0/2"]),
