@@ -34,8 +34,11 @@ CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
               "3-steps": "  own samples, 3 ODE steps", "fraction-0.5": "  own samples, fraction 0.5",
               "cap1-none": "ambient, no consistency, paper weighting (cap 1)",
               "cap1": "  own samples, paper weighting (cap 1)"}
-# the no-consistency model each candidate's excess ratio is paired with (same ambient weighting)
-BASELINE = {CANDIDATES["cap1"]: CANDIDATES["cap1-none"]}
+# the no-consistency model each candidate's excess ratio is paired with (same ambient
+# weighting); a baseline is paired with itself and its ratio cells stay blank
+BASELINE = {CANDIDATES[key]: CANDIDATES[base] for key, base in [
+    ("none", "none"), ("default", "none"), ("no-warm-start", "none"), ("3-steps", "none"),
+    ("fraction-0.5", "none"), ("cap1-none", "cap1-none"), ("cap1", "cap1-none")]}
 METRICS = ["excess@sn/4", "excess@sn/2", "cov_err", "width", "core", "stranded", "sw"]
 RATIOS = ["excess@sn/4", "excess@sn/2"]
 
@@ -67,7 +70,7 @@ def summarise(rows: list[dict[str, object]]) -> str:
             if not mine:
                 continue
             ratios = []
-            base = name if name in BASELINE.values() else BASELINE.get(name, NO_CONSISTENCY)
+            base = BASELINE[name]
             for metric in RATIOS:
                 paired = [float(r[metric]) / float(by[(base, sigma_n, r["seed"])][metric])
                           for r in mine if (base, sigma_n, r["seed"]) in by]

@@ -1,7 +1,8 @@
 """Run every benchmark and assemble benchmarks/RESULTS.md from their outputs.
 
     python benchmarks/run_all.py              # all benchmarks (about 4.5 h on 2 CPU cores)
-    python benchmarks/run_all.py --quick      # smoke versions into a temp folder (minutes)
+    python benchmarks/run_all.py --quick      # smoke versions into a temp folder (minutes;
+                                              # pages differing only in --steps / --seeds once)
     python benchmarks/run_all.py --assemble   # only rebuild RESULTS.md from benchmarks/results/
 
 The single-threaded training benchmarks run two at a time (one per core); the step-cost
@@ -100,6 +101,35 @@ PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra argume
 ]
 
 
+QUICK_OVERRIDES = ("--steps", "--seeds")  # options whose values every script's --quick replaces
+
+
+def smoke_key(page: str) -> tuple[str, ...]:
+    """The command of ``page`` as ``--quick`` runs it: without the options of QUICK_OVERRIDES
+    and their values. Pages with the same key would repeat one smoke run."""
+    key, overridden = [], False
+    for arg in COMMAND[page]:
+        if arg.startswith("--"):
+            overridden = arg in QUICK_OVERRIDES
+        if not overridden:
+            key.append(arg)
+    return tuple(key)
+
+
+def quick_jobs(results: Path) -> list[tuple[str, list[str]]]:
+    """PARALLEL_JOBS less the pages whose smoke run repeats an earlier page's (same
+    :func:`smoke_key`); each of those gets a one-line page naming the page that stands for it."""
+    first: dict[tuple[str, ...], str] = {}
+    for page, _, _ in SECTIONS:
+        stand_in = first.setdefault(smoke_key(page), page)
+        if stand_in != page:
+            (results / page).write_text(
+                f"--quick: not run; its smoke run would repeat {stand_in}'s (the commands differ "
+                f"only in {' / '.join(QUICK_OVERRIDES)}, which --quick overrides).\n",
+                encoding="utf-8")
+    return [job for job in PARALLEL_JOBS if first[smoke_key(job[0])] == job[0]]
+
+
 def out_argument(path: Path) -> str:
     """``--out`` for a page: relative to the repository root when inside it (the scripts run
     there and echo their arguments in the page's rerun line, which must read as typed)."""
@@ -162,7 +192,8 @@ def main(argv: list[str] | None = None) -> Path:
     if not args.assemble:
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=2) as pool:
-            list(pool.map(lambda job: run(*job, args.quick, results), PARALLEL_JOBS))
+            jobs = quick_jobs(results) if args.quick else PARALLEL_JOBS
+            list(pool.map(lambda job: run(*job, args.quick, results), jobs))
         run("step_cost.md", ["--rounds", "5"] if args.quick else [], args.quick, results)
         (results / "run_all_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n",
                                                      encoding="utf-8")

@@ -21,6 +21,11 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     for _, title, _ in run_all.SECTIONS:
         assert f"## {title}" in results, title
     assert "](./digits/data_sigma0.png)" in results  # image links point into the results folder
+    # pages whose commands differ only in the budget or seeds --quick overrides run once
+    for page, stand_in in [("digits_unet_6000_s1.md", "digits_unet.md"),
+                           ("digits_unet_6000_cap1_s0.md", "digits_unet_cap1.md")]:
+        assert f"would repeat {stand_in}'s" in (tmp_path / page).read_text(encoding="utf-8")
+    assert "not run" not in (tmp_path / "consistency_cap1_budget.md").read_text(encoding="utf-8")
     unet = (tmp_path / "digits_unet.md").read_text(encoding="utf-8")
     assert "the network {'kind': 'unet'}" in unet
     assert "full sampling closes" in unet
@@ -146,6 +151,7 @@ def test_consistency_seeds_are_paired(monkeypatch: pytest.MonkeyPatch) -> None:
     assert line.rstrip().endswith("| 0.25 | 0.25 |")
     line = next(x for x in table.splitlines() if x.startswith(f"| {cap1_none} |"))
     assert line.rstrip().endswith("|  |  |")
+    assert set(seeds.BASELINE) == set(seeds.CANDIDATES.values())  # every candidate is paired
 
 
 def test_gaussian_fixed_point_of_the_refit(monkeypatch: pytest.MonkeyPatch) -> None:
