@@ -9,6 +9,8 @@ sigma_n, the consistency loss itself (a backward heat equation, i.e. a deconvolu
 limit, not the accuracy of the ambient-trained model.
 
     python benchmarks/consistency_exact_teacher.py   # writes benchmarks/results/exact_teacher.md
+    python benchmarks/consistency_exact_teacher.py --sigma-n 0.15 --budgets 1500 6000 24000 \
+        --out benchmarks/results/exact_teacher_0.15.md   # the same at another level and budgets
 """
 
 from __future__ import annotations
@@ -145,10 +147,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 steps")
     parser.add_argument("--sigma-n", type=float, default=0.3)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[1500, 6000],
+                        help="training steps of the rows (the two-draw rows: the first)")
     parser.add_argument("--out", default="benchmarks/results/exact_teacher.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    budgets = [100] if args.quick else [1500, 6000]
+    budgets = [100] if args.quick else args.budgets
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(mode, args.sigma_n, steps, Path(tmp)) for steps in budgets
@@ -159,8 +163,14 @@ def main(argv: list[str] | None = None) -> Path:
     dataset = resolve_dataset(GMM, args.sigma_n, seed=0)
     exact_loss = mean_consistency(gmm.denoiser, dataset.y, dataset.sigma_n)
     report = Report("Consistency with an exact teacher above sigma_n")
-    report.text(f"Rerun: `python benchmarks/consistency_exact_teacher.py"
-                f"{' --quick' if args.quick else ''}`. {time.perf_counter() - start:.0f} s on one "
+    default = parser.get_default
+    flags = "".join([" --quick" if args.quick else "",
+                     f" --sigma-n {args.sigma_n:g}" if args.sigma_n != default("sigma_n") else "",
+                     " --budgets " + " ".join(map(str, args.budgets))
+                     if args.budgets != default("budgets") else "",
+                     f" --out {args.out}" if args.out != default("out") else ""])
+    report.text(f"Rerun: `python benchmarks/consistency_exact_teacher.py{flags}`. "
+                f"{time.perf_counter() - start:.0f} s on one "
                 f"CPU thread. Data: {GMM} at sigma_n = {args.sigma_n:g}; MLP 128x3, batch 512, "
                 f"EMA weights, the default objective ('two draws': with the two-draw consistency "
                 f"estimator instead); 40-step Heun sampling. 'exact teacher': the "

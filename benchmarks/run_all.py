@@ -1,6 +1,6 @@
 """Run every benchmark and assemble benchmarks/RESULTS.md from their outputs.
 
-    python benchmarks/run_all.py              # all benchmarks (about 4.5 h on 2 CPU cores)
+    python benchmarks/run_all.py              # all benchmarks (about 5 h on 2 CPU cores)
     python benchmarks/run_all.py --quick      # smoke versions into a temp folder (minutes;
                                               # pages differing only in --steps / --seeds once)
     python benchmarks/run_all.py --assemble   # only rebuild RESULTS.md from benchmarks/results/
@@ -43,8 +43,15 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
           ("", ", three seeds", []),
           ("_budget", " at four times the training budget",
            ["--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3"])]],
+    ("consistency_long.md", "Gaussian mixture at sigma_n = 0.15: the default at 16 times the "
+     "training budget (24000 steps, one seed)",
+     ["consistency_seeds.py", "--steps", "24000", "--seeds", "0", "--sigmas", "0.15",
+      "--candidates", "none", "default"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
+    ("exact_teacher_0.15.md", "Diagnostic: consistency with an exact teacher above sigma_n = "
+     "0.15, up to 24000 steps",
+     ["consistency_exact_teacher.py", "--sigma-n", "0.15", "--budgets", "1500", "6000", "24000"]),
     ("consistency_probes.md", "Diagnostic: probes of the own-sample fixed point",
      ["consistency_probes.py"]),
     ("digits.md", "Digits: sample quality (Frechet distance) and the denoising table",
@@ -82,13 +89,14 @@ GPU_SECTIONS = [  # (results page, title): written on a GPU by the command each 
 COMMAND = {page: command for page, _, command in SECTIONS}
 PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra arguments)
     *[(f"digits_unet_6000{tag}_s{seed}.md", []) for tag in ("", "_cap1") for seed in (0, 1, 2)],
+    ("exact_teacher_0.15.md", []),
     ("consistency.md", ["--shard", "0/2"]),
     ("consistency.md", ["--shard", "1/2"]),
     ("consistency_seeds.md", ["--shard", "0/2"]),
     ("consistency_seeds.md", ["--shard", "1/2"]),
     ("consistency_budget.md", ["--shard", "0/2"]),
     ("consistency_budget.md", ["--shard", "1/2"]),
-    *[(f"consistency_cap1{tag}.md", ["--shard", f"{k}/2"]) for tag in ("_budget", "")
+    *[(f"consistency_{name}.md", ["--shard", f"{k}/2"]) for name in ("long", "cap1_budget", "cap1")
       for k in (0, 1)],
     ("digits_unet.md", []),
     ("digits_unet_cap1.md", []),

@@ -73,10 +73,15 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
         assert label in seeds, label
     budget = (tmp_path / "consistency_budget.md").read_text(encoding="utf-8")
     assert "| own samples, 3 ODE steps | 0.15 | 1 |" in budget and "--steps 6000" in budget
+    long = (tmp_path / "consistency_long.md").read_text(encoding="utf-8")
+    assert "| ambient + consistency (default: own samples) | 0.15 | 1 |" in long
+    assert "--steps 24000" in long
 
     teacher = (tmp_path / "exact_teacher.md").read_text(encoding="utf-8")
     assert "| learned | 0.3 | 100 |" in teacher and "| exact teacher | 0.3 | 100 |" in teacher
     assert "| <= 1.25 sigma_n | 20 |" in teacher
+    teacher = (tmp_path / "exact_teacher_0.15.md").read_text(encoding="utf-8")
+    assert "| exact teacher | 0.15 | 100 |" in teacher and "--sigma-n 0.15 --budgets" in teacher
 
     probes = (tmp_path / "consistency_probes.md").read_text(encoding="utf-8")
     for label in ("| fresh draws of p0 (the truth) |", "| Gaussian posterior at 1.1 sigma_n | 0.3 |",
@@ -186,6 +191,18 @@ def test_run_all_passes_pages_relative_to_the_repository(monkeypatch: pytest.Mon
     run_all = importlib.import_module("run_all")
     assert run_all.out_argument(run_all.RESULTS / "digits.md") == "benchmarks/results/digits.md"
     assert run_all.out_argument(tmp_path / "digits.md") == str((tmp_path / "digits.md").resolve())
+
+
+def test_run_all_runs_every_page_once_per_smoke_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every page but step_cost (run alone after them) is a parallel job, and --quick's key of a
+    command drops only the options --quick overrides."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    run_all = importlib.import_module("run_all")
+    pages = {page for page, _, _ in run_all.SECTIONS} - {"step_cost.md"}
+    assert {page for page, _ in run_all.PARALLEL_JOBS} == pages
+    assert run_all.smoke_key("digits_unet_6000_s2.md") == run_all.smoke_key("digits_unet.md")
+    assert run_all.smoke_key("consistency_long.md") == (
+        "consistency_seeds.py", "--sigmas", "0.15", "--candidates", "none", "default")
 
 
 def test_latent_gpu_benchmark_runs_the_real_path_on_tiny_components(
