@@ -109,7 +109,8 @@ PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra argume
 ]
 
 
-QUICK_OVERRIDES = ("--steps", "--seeds")  # options whose values every script's --quick replaces
+# options whose values every script's --quick replaces (--steps) or cuts to one (--seeds)
+QUICK_OVERRIDES = ("--steps", "--seeds")
 
 
 def smoke_key(page: str) -> tuple[str, ...]:
@@ -132,8 +133,9 @@ def quick_jobs(results: Path) -> list[tuple[str, list[str]]]:
         stand_in = first.setdefault(smoke_key(page), page)
         if stand_in != page:
             (results / page).write_text(
-                f"--quick: not run; its smoke run would repeat {stand_in}'s (the commands differ "
-                f"only in {' / '.join(QUICK_OVERRIDES)}, which --quick overrides).\n",
+                f"--quick: not run; its smoke run would repeat {stand_in}'s code (the commands "
+                f"differ only in {' / '.join(QUICK_OVERRIDES)}, whose values --quick replaces "
+                f"or cuts to one seed).\n",
                 encoding="utf-8")
     return [job for job in PARALLEL_JOBS if first[smoke_key(job[0])] == job[0]]
 

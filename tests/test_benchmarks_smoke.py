@@ -24,7 +24,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     # pages whose commands differ only in the budget or seeds --quick overrides run once
     for page, stand_in in [("digits_unet_6000_s1.md", "digits_unet.md"),
                            ("digits_unet_6000_cap1_s0.md", "digits_unet_cap1.md")]:
-        assert f"would repeat {stand_in}'s" in (tmp_path / page).read_text(encoding="utf-8")
+        assert f"would repeat {stand_in}'s code" in (tmp_path / page).read_text(encoding="utf-8")
     assert "not run" not in (tmp_path / "consistency_cap1_budget.md").read_text(encoding="utf-8")
     unet = (tmp_path / "digits_unet.md").read_text(encoding="utf-8")
     assert "the network {'kind': 'unet'}" in unet
