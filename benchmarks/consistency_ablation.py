@@ -94,13 +94,14 @@ def variant_objective(name: str) -> ObjectiveConfig:
 
 
 def run_variant(name: str, sigma_n: float, steps: int, root: Path,
-                seed: int = 0) -> dict[str, object]:
+                seed: int = 0, lr: float | None = None) -> dict[str, object]:
     """Train the variant ``name`` on the mixture at ``sigma_n`` (``seed``: the data's noise and
-    the training run) and score it; the evaluation draws are the same for every seed."""
+    the training run; ``lr``: another learning rate) and score it; the evaluation draws are the
+    same for every seed."""
     clean = VARIANTS[name][1]
     cfg = default_train_config("gmm")
     cfg.engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps,
-                         seed=seed)
+                         seed=seed, lr=lr or cfg.engine.lr)
     cfg.objective = variant_objective(name)
     dataset = resolve_dataset(GMM, 0.0 if clean else sigma_n, seed=seed)
     run_dir = root / f"{sigma_n}_{len(list(root.iterdir()))}"

@@ -107,24 +107,29 @@ def estimator_bias(sigma_n: float, rows: int = 20000) -> list[dict[str, object]]
     return out
 
 
-def run(mode: str, sigma_n: float, steps: int, root: Path, two_draws: bool = False
-        ) -> dict[str, object]:
+def run(mode: str, sigma_n: float, steps: int, root: Path, two_draws: bool = False,
+        lr: float | None = None, ode_steps: int | None = None) -> dict[str, object]:
     """Train one model (``mode`` "learned" or "exact teacher"; the default objective, or with
-    ``two_draws`` the two-draw consistency estimator) and measure it."""
+    ``two_draws`` the two-draw consistency estimator; ``lr``: another learning rate,
+    ``ode_steps``: another number of ODE steps of the own-sample draws) and measure it."""
     gmm, _ = parse_gmm_spec(GMM)
     cfg = default_train_config("gmm")
     if two_draws:
         cfg.objective.consistency = replace(cfg.objective.consistency, **PAIRS)
+    if ode_steps is not None:
+        cfg.objective.consistency = replace(cfg.objective.consistency, substeps=ode_steps)
     if mode == "exact teacher":  # nothing to learn above sigma_n: no warm start
         cfg.objective.consistency = replace(cfg.objective.consistency, warmup=0.0)
-    engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps)
+    engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps,
+                     lr=lr or cfg.engine.lr)
     dataset = resolve_dataset(GMM, sigma_n, seed=0)
     torch.manual_seed(engine.seed)
     net = build_denoiser((gmm.dim,), kind="mlp", hidden=cfg.net["hidden"], depth=cfg.net["depth"])
     model = ExactAbove(net, gmm, sigma_n) if mode == "exact teacher" else net
     start = time.perf_counter()
+    run_dir = root / f"{mode}_{sigma_n}_{steps}_{two_draws}_{lr}_{ode_steps}".replace(" ", "_")
     model = run_training(model, DatasetLoss(dataset, cfg.objective, steps), len(dataset), engine,
-                         root / f"{mode}_{sigma_n}_{steps}_{two_draws}".replace(" ", "_"), progress=False)
+                         run_dir, progress=False)
     seconds = time.perf_counter() - start
     levels = [sigma_n / 4, sigma_n / 2, sigma_n, 2 * sigma_n]
     excess = excess_denoising_error(model, gmm, levels, generator=torch.Generator().manual_seed(5))

@@ -52,6 +52,8 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
     ("exact_teacher_0.15.md", "Diagnostic: consistency with an exact teacher above sigma_n = "
      "0.15, up to 24000 steps",
      ["consistency_exact_teacher.py", "--sigma-n", "0.15", "--budgets", "1500", "6000", "24000"]),
+    ("consistency_plateau.md", "Diagnostic: the exact-teacher plateau at sigma_n = 0.15 against "
+     "the learning rate and the ODE steps", ["consistency_plateau.py"]),
     ("consistency_probes.md", "Diagnostic: probes of the own-sample fixed point",
      ["consistency_probes.py"]),
     ("digits.md", "Digits: sample quality (Frechet distance) and the denoising table",
@@ -90,6 +92,7 @@ COMMAND = {page: command for page, _, command in SECTIONS}
 PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra arguments)
     *[(f"digits_unet_6000{tag}_s{seed}.md", []) for tag in ("", "_cap1") for seed in (0, 1, 2)],
     ("exact_teacher_0.15.md", []),
+    ("consistency_plateau.md", []),
     ("consistency.md", ["--shard", "0/2"]),
     ("consistency.md", ["--shard", "1/2"]),
     ("consistency_seeds.md", ["--shard", "0/2"]),

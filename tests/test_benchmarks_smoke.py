@@ -82,6 +82,10 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "| <= 1.25 sigma_n | 20 |" in teacher
     teacher = (tmp_path / "exact_teacher_0.15.md").read_text(encoding="utf-8")
     assert "| exact teacher | 0.15 | 100 |" in teacher and "--sigma-n 0.15 --budgets" in teacher
+    plateau = (tmp_path / "consistency_plateau.md").read_text(encoding="utf-8")
+    for label in ("| exact teacher | 0.002 | 6 |", "| exact teacher | 0.0005 | 24 |",
+                  "| learned | 0.0005 | 6 |", "| oracle | 0.0005 | - |"):
+        assert label in plateau, label
 
     probes = (tmp_path / "consistency_probes.md").read_text(encoding="utf-8")
     for label in ("| fresh draws of p0 (the truth) |", "| Gaussian posterior at 1.1 sigma_n | 0.3 |",
