@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -168,13 +170,9 @@ def main(argv: list[str] | None = None) -> Path:
     dataset = resolve_dataset(GMM, args.sigma_n, seed=0)
     exact_loss = mean_consistency(gmm.denoiser, dataset.y, dataset.sigma_n)
     report = Report("Consistency with an exact teacher above sigma_n")
-    default = parser.get_default
-    flags = "".join([" --quick" if args.quick else "",
-                     f" --sigma-n {args.sigma_n:g}" if args.sigma_n != default("sigma_n") else "",
-                     " --budgets " + " ".join(map(str, args.budgets))
-                     if args.budgets != default("budgets") else "",
-                     f" --out {args.out}" if args.out != default("out") else ""])
-    report.text(f"Rerun: `python benchmarks/consistency_exact_teacher.py{flags}`. "
+    rerun = " ".join(["python benchmarks/consistency_exact_teacher.py",
+                      *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    report.text(f"Rerun: `{rerun}`. "
                 f"{time.perf_counter() - start:.0f} s on one "
                 f"CPU thread. Data: {GMM} at sigma_n = {args.sigma_n:g}; MLP 128x3, batch 512, "
                 f"EMA weights, the default objective ('two draws': with the two-draw consistency "

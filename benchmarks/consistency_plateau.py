@@ -15,6 +15,8 @@ runs of the exact-teacher and budget pages.
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +36,7 @@ PLAN = [("exact teacher", None, None), ("exact teacher", 1e-3, None),
         ("exact teacher", LOW_LR, 24), ("learned", None, None), ("learned", LOW_LR, None),
         ("oracle", None, None), ("oracle", LOW_LR, None)]
 COLUMNS = ["model", "lr", "ODE steps", "excess@sn/4", "excess@sn/2", "excess@sn", "cov_err",
-           "width", "train s"]
+           "width", "train+eval s"]
 
 
 def plateau_row(model: str, lr: float | None, ode_steps: int | None, steps: int,
@@ -49,7 +51,7 @@ def plateau_row(model: str, lr: float | None, ode_steps: int | None, steps: int,
     return {**row, "model": model, "lr": lr or defaults.engine.lr,
             "ODE steps": "-" if model == "oracle" else
             ode_steps or defaults.objective.consistency.substeps,
-            "train s": time.perf_counter() - start}
+            "train+eval s": time.perf_counter() - start}
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -65,10 +67,10 @@ def main(argv: list[str] | None = None) -> Path:
             rows.append(plateau_row(model, lr, ode_steps, steps, Path(tmp)))
             print(rows[-1], flush=True)
     report = Report("The own-sample fixed point's plateau: learning rate and ODE steps")
-    out_flag = (f" --out {args.out}" if args.out != parser.get_default("out") else "")
-    report.text(f"Rerun: `python benchmarks/consistency_plateau.py"
-                f"{' --quick' if args.quick else ''}{out_flag}`. "
-                f"{sum(float(r['train s']) for r in rows):.0f} s on one CPU thread. Mixture {GMM} "
+    rerun = " ".join(["python benchmarks/consistency_plateau.py",
+                      *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    report.text(f"Rerun: `{rerun}`. "
+                f"{sum(float(r['train+eval s']) for r in rows):.0f} s on one CPU thread. Mixture {GMM} "
                 f"at sigma_n = {SIGMA_N:g}, {steps} steps of batch 512, seed 0, the default "
                 f"objective; 'exact teacher': the analytic posterior mean above sigma_n (see "
                 f"the exact-teacher pages); 'oracle': DSM on the clean data. "
