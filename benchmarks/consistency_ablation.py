@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ambient.data import GaussianMixture, parse_gmm_spec, resolve_dataset
-from ambient.defaults import DEFAULT_CONSISTENCY, default_train_config
+from ambient.defaults import DEFAULT_CONSISTENCY, default_train_config, defaults_summary
 from ambient.evaluate.exactness import (
     component_covariance_error,
     core_spread,
@@ -65,6 +65,8 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
     "  own samples from 2 sigma_n": ("ambient", False, {"lift": 2.0}, {}),
     "  own samples, fraction 0.5": ("ambient", False, {"fraction": 0.5}, {}),
     "  own samples, paper weighting (cap 1)": ("ambient", False, {}, {"weight_cap": 1.0}),
+    "  own samples, log-uniform levels": ("ambient", False, {"levels": "log-uniform"}, {}),
+    "  own samples, log-normal levels": ("ambient", False, {"levels": "log-normal"}, {}),
     "  two draws, one jump below (1 substep)": ("ambient", False, {**PAIRS, "substeps": 1}, {}),
     "  two draws from data, chain 4, small steps 5%": ("ambient", False, DATA_SMALL_STEPS, {}),
     "  two draws from data, no chain, one jump below": ("ambient", False, {
@@ -207,7 +209,8 @@ def write(rows: list[dict[str, object]], steps: int, out: Path, quick: bool) -> 
             f"{runs} runs, {total:.0f} s of training + evaluation. The 'best case' rows are a "
             f"reference no method can be expected to beat (up to shrinkage): component labels "
             f"and Gaussian form known, each component's noisy sample covariance minus "
-            f"sigma_n^2 I, sampled and scored like the models (mean of 5 training sets).\n\n"
+            f"sigma_n^2 I, sampled and scored like the models (mean of 5 training sets). "
+            f"{defaults_summary()}\n\n"
             f"Rerun: `python benchmarks/consistency_ablation.py{' --quick' if quick else ''}` "
             f"(or in 2 processes: `--shard 0/2` and `--shard 1/2`).\n\n" + to_markdown(rows)
             + excess_plots(rows, out.with_suffix("")))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ambient.defaults import default_train_config
+from ambient.defaults import default_train_config, defaults_summary
 from ambient.evaluate.report import Report
 from consistency_ablation import GMM, MAIN, run_variant
 from consistency_exact_teacher import run
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> Path:
                 f"at sigma_n = {SIGMA_N:g}, {steps} steps of batch 512, seed 0, the default "
                 f"objective; 'exact teacher': the analytic posterior mean above sigma_n (see "
                 f"the exact-teacher pages); 'oracle': DSM on the clean data. "
-                f"{__doc__.split(chr(10) + chr(10))[1]}")
+                f"{__doc__.split(chr(10) + chr(10))[1]} {defaults_summary()}")
     report.table(rows, COLUMNS)
     return report.write(Path(args.out), html=False)
 

@@ -41,6 +41,7 @@ from torch import Tensor
 import ambient.losses
 import ambient.objective
 from ambient.data import GaussianMixture, parse_gmm_spec
+from ambient.defaults import defaults_summary
 from ambient.evaluate import component_covariance_error, core_spread
 from ambient.evaluate.report import Report
 from ambient.losses import Denoiser, as_levels, dsm_loss, own_samples
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> Path:
     steps = 100 if args.quick else 1500
     report = Report("Probes of the own-sample consistency fixed point")
     report.text(f"Rerun: `python benchmarks/consistency_probes.py{' --quick' if args.quick else ''}`"
-                f". Mixture {GMM}. {__doc__.split(chr(10) + chr(10))[1]}")
+                f". Mixture {GMM}. {__doc__.split(chr(10) + chr(10))[1]} {defaults_summary()}")
     report.heading("1. Targets made once with the exact denoiser (no training)")
     report.table(exact_rows(2000 if args.quick else 20000),
                  ["targets", "sigma_n", "cov_err", "width", "core", "stranded"])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ambient.defaults import defaults_summary
 from consistency_ablation import (
     GMM,
     MAIN,
@@ -33,12 +34,17 @@ CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
               "no-warm-start": "  own samples, no warm start",
               "3-steps": "  own samples, 3 ODE steps", "fraction-0.5": "  own samples, fraction 0.5",
               "cap1-none": "ambient, no consistency, paper weighting (cap 1)",
-              "cap1": "  own samples, paper weighting (cap 1)"}
+              "cap1": "  own samples, paper weighting (cap 1)",
+              "log-uniform": "  own samples, log-uniform levels",
+              "log-normal": "  own samples, log-normal levels"}
 # the no-consistency model each candidate's excess ratio is paired with (same ambient
 # weighting); a baseline is paired with itself and its ratio cells stay blank
 BASELINE = {CANDIDATES[key]: CANDIDATES[base] for key, base in [
     ("none", "none"), ("default", "none"), ("no-warm-start", "none"), ("3-steps", "none"),
-    ("fraction-0.5", "none"), ("cap1-none", "cap1-none"), ("cap1", "cap1-none")]}
+    ("fraction-0.5", "none"), ("cap1-none", "cap1-none"), ("cap1", "cap1-none"),
+    ("log-uniform", "none"), ("log-normal", "none")]}
+# the seeds page's candidates (the bare command); the other pages name theirs with --candidates
+CLOSE_OPTIONS = ["none", "default", "no-warm-start", "3-steps", "fraction-0.5"]
 METRICS = ["excess@sn/4", "excess@sn/2", "cov_err", "width", "core", "stranded", "sw"]
 RATIOS = ["excess@sn/4", "excess@sn/2"]
 
@@ -90,7 +96,7 @@ def write(rows: list[dict[str, object]], steps: int, seeds: list[int], out: Path
             f"same seed (target: at most 0.5; for the cap-1 candidate, the cap-1 no-consistency "
             f"model's). {len(rows)} runs, "
             f"{sum(float(r['seconds']) for r in rows):.0f} s of training + evaluation. Step-cost "
-            f"ratios of these options: see the step-cost table.\n\n"
+            f"ratios of these options: see the step-cost table. {defaults_summary()}\n\n"
             f"Rerun: `python benchmarks/consistency_seeds.py{flags}` (or in 2 processes: "
             f"`--shard 0/2` and `--shard 1/2`).\n\n" + summarise(rows))
     tmp = out.with_suffix(".tmp")
@@ -106,7 +112,7 @@ def main() -> None:
     parser.add_argument("--sigmas", type=float, nargs="+", default=None,
                         help=f"data noise levels (default: the ablation's {list(SIGMAS)})")
     parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES),
-                        default=list(CANDIDATES))
+                        default=CLOSE_OPTIONS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     # --quick (the smoke run) overrides the budget: 200 steps, one seed, the first sigma_n
@@ -121,7 +127,7 @@ def main() -> None:
                       *(["--seeds", *map(str, args.seeds)] if args.seeds else []),
                       *(["--sigmas", *map(str, args.sigmas)] if args.sigmas else []),
                       *(["--candidates", *args.candidates]
-                        if args.candidates != list(CANDIDATES) else []),
+                        if args.candidates != CLOSE_OPTIONS else []),
                       *([f"--out benchmarks/results/{out.name}"]
                         if out.name != Path(parser.get_default("out")).name else [])])
     if args.assemble:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ambient.data import load_digits, resolve_dataset
+from ambient.defaults import defaults_summary
 from ambient.evaluate.features import DigitsFeatures
 from ambient.evaluate.frechet import frechet_distance
 from ambient.evaluate.report import Report
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> Path:
     report = Report("Where the default's Frechet gap on the digits comes from")
     report.text(f"Rerun: `python benchmarks/digits_background.py{' --quick' if args.quick else ''}`"
                 f". {steps} training steps per model, {num} samples per row (seed 0), sigma_n = "
-                f"{SIGMA_N:g}. " + " ".join(__doc__.split("\n\n")[1:3]))
+                f"{SIGMA_N:g}. " + " ".join(__doc__.split("\n\n")[1:3]) + " "
+                + defaults_summary())
     with tempfile.TemporaryDirectory() as root:
         table = rows(steps, num, Path(root))
     report.table(table, COLUMNS)

@@ -79,6 +79,12 @@ METHODS = {
     "ambient_no_warm_start": Method(
         "ambient + consistency, own samples, no warm start", "ambient", True, ("full",),
         tuple(VARIANTS["  own samples, no warm start"][2].items())),
+    "ambient_log_uniform": Method(
+        "ambient + consistency, own samples, log-uniform levels", "ambient", True, ("full",),
+        tuple(VARIANTS["  own samples, log-uniform levels"][2].items())),
+    "ambient_log_normal": Method(
+        "ambient + consistency, own samples, log-normal levels", "ambient", True, ("full",),
+        tuple(VARIANTS["  own samples, log-normal levels"][2].items())),
     "ambient_cap1_no_consistency": Method(
         "ambient, no consistency, paper weighting (cap 1)", "ambient", False, ("full", "truncated"),
         settings=(("weight_cap", 1.0),)),

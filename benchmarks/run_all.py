@@ -22,6 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ambient.defaults import defaults_summary
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -32,6 +34,13 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["consistency_ablation.py"]),
     ("consistency_seeds.md", "Gaussian mixture: the close consistency options over three seeds",
      ["consistency_seeds.py"]),
+    *[(f"consistency_levels{tag}.md", f"Gaussian mixture: the consistency term's levels below "
+       f"sigma_n, log-uniform vs log-normal{title}",
+       ["consistency_seeds.py", *budget, "--candidates", "none", "log-uniform", "log-normal"])
+      for tag, title, budget in [
+          ("", " (the default), three seeds", []),
+          ("_budget", ", at four times the training budget",
+           ["--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3"])]],
     ("consistency_budget.md", "Gaussian mixture: the default vs 3 ODE steps and no warm start at "
      "four times the training budget",
      ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3",
@@ -62,6 +71,10 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
       "--methods", "ambient_no_consistency", "ambient_consistency"]),
+    ("digits_unet_levels.md", "Digits with a small UNet: the consistency term's levels below "
+     "sigma_n, log-uniform vs log-normal (the default), three seeds",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
+      "--methods", "ambient_no_consistency", "ambient_log_uniform", "ambient_log_normal"]),
     ("digits_unet_cap1.md", "Digits with a small UNet, paper's ambient weighting (weight cap 1), "
      "three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
@@ -99,9 +112,10 @@ PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra argume
     ("consistency_seeds.md", ["--shard", "1/2"]),
     ("consistency_budget.md", ["--shard", "0/2"]),
     ("consistency_budget.md", ["--shard", "1/2"]),
-    *[(f"consistency_{name}.md", ["--shard", f"{k}/2"]) for name in ("long", "cap1_budget", "cap1")
-      for k in (0, 1)],
+    *[(f"consistency_{name}.md", ["--shard", f"{k}/2"])
+      for name in ("long", "cap1_budget", "levels_budget", "cap1", "levels") for k in (0, 1)],
     ("digits_unet.md", []),
+    ("digits_unet_levels.md", []),
     ("digits_unet_cap1.md", []),
     ("digits_unet_options.md", []),
     ("digits.md", []),
@@ -175,12 +189,20 @@ def assemble(results: Path, out: Path) -> Path:
         minutes = float(timing.read_text(encoding="utf-8")) / 60
         parts.append(f"The last full `python benchmarks/run_all.py` took {minutes:.0f} min.")
     parts.append("")
+    current = defaults_summary()
+    parts += ["Pages state the training defaults they ran with. A page that does not state the "
+              "current ones is marked, and its rows called the default are the default of its "
+              "time (rerun its command to refresh it). Current: " + current, ""]
     prefix = results.resolve().relative_to(out.parent.resolve()).as_posix()
     gpu_pages = [(name, title) for name, title in GPU_SECTIONS if (results / name).exists()]
     for name, title in [(name, title) for name, title, _ in SECTIONS] + gpu_pages:
         path = results / name
         text = (path.read_text(encoding="utf-8") if path.exists()
                 else f"(not run yet: {path} is missing)")
+        if path.exists() and name in COMMAND and current not in text:
+            text = (f"> Not made with the current defaults (this page states other ones, or "
+                    f"none): its rows called the default are the default of its time. Rerun: "
+                    f"`python benchmarks/{' '.join(COMMAND[name])}`.\n\n{text}")
         text = re.sub(r"^#+ .*\n", "", text, count=1)  # the page's own title
         text = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M)  # its headings one level down
         text = re.sub(r"(!\[[^\]]*\]\()(?!https?:|/)", rf"\1{prefix}/", text)

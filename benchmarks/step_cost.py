@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ambient.data.digits import load_digits
-from ambient.defaults import DEFAULT_CONSISTENCY, DEFAULT_WEIGHT_CAP
+from ambient.defaults import DEFAULT_WEIGHT_CAP, defaults_summary
 from ambient.nets import build_denoiser
 from ambient.objective import ObjectiveConfig, training_loss
 from consistency_ablation import VARIANTS, variant_objective
@@ -74,7 +74,7 @@ def main() -> None:
              else f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}")
     rerun = " ".join(["python benchmarks/step_cost.py", *sys.argv[1:]])
     lines = [f"Digits (8x8) at sigma_n = 0.2, batch {args.batch}, median of {args.rounds} "
-             f"interleaved rounds, {where}. Consistency default: {DEFAULT_CONSISTENCY}.",
+             f"interleaved rounds, {where}. {defaults_summary()}",
              "",
              f"Rerun: `{rerun}`", "",
              "| network | objective | ms / step | ratio to DSM | images / s |",

@@ -71,6 +71,14 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     for label in ("| oracle (clean DSM) | any", "| own samples, 3 ODE steps | 0.3 | 1 |",
                   "excess@sn/4 / no consistency"):
         assert label in seeds, label
+    levels = (tmp_path / "consistency_levels.md").read_text(encoding="utf-8")
+    for label in ("| own samples, log-uniform levels | 0.3 | 1 |",
+                  "| own samples, log-normal levels | 0.3 | 1 |", "levels=log-normal"):
+        assert label in levels, label
+    levels = (tmp_path / "consistency_levels_budget.md").read_text(encoding="utf-8")
+    assert "| own samples, log-normal levels | 0.15 | 1 |" in levels and "--steps 6000" in levels
+    levels = (tmp_path / "digits_unet_levels.md").read_text(encoding="utf-8")
+    assert "log-uniform levels | full" in levels and "log-normal levels | full" in levels
     budget = (tmp_path / "consistency_budget.md").read_text(encoding="utf-8")
     assert "| own samples, 3 ODE steps | 0.15 | 1 |" in budget and "--steps 6000" in budget
     long = (tmp_path / "consistency_long.md").read_text(encoding="utf-8")
@@ -98,6 +106,31 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
                   "| mlp | SURE |"):
         assert label in cost, label
     assert float((tmp_path / "run_all_seconds.txt").read_text(encoding="utf-8")) > 0
+    # every page that ran states the current defaults (only the stand-in pages are marked)
+    marked = {section.split("\n", 1)[0] for section in results.split("\n## ")[1:]
+              if "> Not made with the current defaults" in section}
+    stand_ins = {title for page, title, _ in run_all.SECTIONS
+                 if "would repeat" in (tmp_path / page).read_text(encoding="utf-8")}
+    assert marked == stand_ins and len(stand_ins) == 6
+
+
+def test_results_mark_pages_made_with_other_defaults(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    run_all = importlib.import_module("run_all")
+    from ambient.defaults import defaults_summary
+
+    (tmp_path / "step_cost.md").write_text(f"cost page. {defaults_summary()}\n", encoding="utf-8")
+    (tmp_path / "consistency.md").write_text("an old page, defaults: levels=log-uniform\n",
+                                             encoding="utf-8")
+    text = run_all.assemble(tmp_path, tmp_path / "RESULTS.md").read_text(encoding="utf-8")
+    sections = {s.split("\n", 1)[0]: s for s in text.split("\n## ")[1:]}
+    marker = "> Not made with the current defaults"
+    old = sections["Gaussian-mixture exactness and consistency ablation"]
+    assert marker in old and "Rerun: `python benchmarks/consistency_ablation.py`" in old
+    assert marker not in sections["Training-step cost of every objective and consistency option"]
+    assert "not run yet" in sections["Digits: sample quality (Frechet distance) and the denoising "
+                                     "table"]  # a missing page is not marked
 
 
 def test_digits_seeds_are_summarised(monkeypatch: pytest.MonkeyPatch) -> None:

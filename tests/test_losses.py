@@ -185,6 +185,28 @@ def test_sample_sigma_above_is_strictly_above_and_edm_at_zero():
         losses.sample_sigma_above(torch.tensor([80.0]))
 
 
+def _truncated_log_normal_median(lo: float, hi: float, p_mean: float, p_std: float) -> float:
+    """Closed-form median of ``ln sigma ~ N(p_mean, p_std^2)`` truncated to ``(lo, hi)``."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    a, b = (normal.cdf(torch.tensor((math.log(x) - p_mean) / p_std)) for x in (lo, hi))
+    return math.exp(p_mean + p_std * normal.icdf((a + b) / 2).item())
+
+
+def test_sample_log_normal_between_bounds_has_the_truncated_law():
+    lo = torch.tensor([0.002, 0.05]).repeat_interleave(20_000)
+    hi = torch.tensor([0.15, 0.3]).repeat_interleave(20_000)
+    sigma = losses.sample_log_normal(lo, hi, -1.2, 1.2, generator=G(3))
+    assert sigma.dtype == torch.float64 and bool(((sigma > lo) & (sigma < hi)).all())
+    for lo_k, hi_k in ((0.002, 0.15), (0.05, 0.3)):
+        part = sigma[lo == lo_k]
+        expected = _truncated_log_normal_median(lo_k, hi_k, -1.2, 1.2)
+        assert part.median().item() == pytest.approx(expected, rel=0.02)
+    # a float upper bound and no lower bound: the untruncated log-normal below hi
+    free = losses.sample_log_normal(torch.zeros(40_000), 1e6, 0.5, 0.7, generator=G(4)).log()
+    assert free.mean().item() == pytest.approx(0.5, abs=0.02)
+    assert free.std().item() == pytest.approx(0.7, abs=0.02)
+
+
 def test_sure_is_unbiased_for_the_denoising_risk(gmm):
     """E[SURE(D)] = E||D(y) - x0||^2 / d for any (smooth) D, here the analytic one and a wrong one."""
     n, s = 400_000, 0.5
@@ -360,3 +382,33 @@ def test_own_sample_loss_in_the_objective():
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(ValueError, match="lift"):
         consistency_rows(model, y, sigma_n, ConsistencyConfig(target="samples", lift=0.9))
+
+
+@pytest.mark.parametrize("target", ["samples", "below"])
+def test_consistency_levels_follow_the_chosen_law(target):
+    """levels="log-normal": the levels below sigma_n follow the objective's log-normal (here
+    p_mean 0.5, p_std 0.7, passed through) truncated to (sigma_min, sigma_n); "log-uniform": the
+    median is the geometric mean of the bounds."""
+    from ambient.objective import ConsistencyConfig, consistency_rows
+
+    n, s = 8000, 0.3
+    y, sigma_n = torch.randn(n, 2), torch.full((n,), s)
+    for levels, p_mean, p_std in (("log-normal", 0.5, 0.7), ("log-normal", -1.2, 1.2),
+                                  ("log-uniform", -1.2, 1.2)):
+        seen = []
+
+        def spy(x, sigma, seen=seen):
+            if torch.is_grad_enabled():
+                seen.append(torch.as_tensor(sigma).expand(x.shape[0]).clone())
+            return 0.9 * x
+
+        cfg = ConsistencyConfig(weight=1.0, target=target, start="ambient", substeps=1,
+                                levels=levels)
+        ambient = (y, torch.full((n,), 0.6), 0.9 * y)
+        consistency_rows(spy, y, sigma_n, cfg, ambient, generator=G(2), p_mean=p_mean,
+                         p_std=p_std)
+        drawn = torch.cat(seen).double()
+        assert bool((drawn >= cfg.sigma_min).all()) and bool((drawn <= s).all())
+        expected = (_truncated_log_normal_median(cfg.sigma_min, s, p_mean, p_std)
+                    if levels == "log-normal" else math.sqrt(cfg.sigma_min * s))
+        assert drawn.median().item() == pytest.approx(expected, rel=0.04), levels

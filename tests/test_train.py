@@ -65,10 +65,17 @@ def test_config_round_trips_through_json():
     ({"engine": {"mixed_precision": "fp8"}}, r"'engine\.mixed_precision' must be one of 'no'"),
     ({"net": ["mlp"]}, r"'net' must be a mapping"),
     ({"objective": 3}, r"'objective' must be a mapping with keys method, sigma_data"),
+    ({"objective": {"consistency": {"levels": "uniform"}}},
+     r"'objective\.consistency\.levels' must be one of 'log-uniform', 'log-normal'"),
 ])
 def test_bad_config_names_the_key(d, message):
     with pytest.raises(AmbientError, match=message):
         config_from_dict(d)
+
+
+def test_consistency_validate_names_the_levels_field():
+    with pytest.raises(AmbientError, match=r"objective\.consistency\.levels must be 'log-uniform'"):
+        ConsistencyConfig(levels="uniform").validate()  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("objective", "message"), [

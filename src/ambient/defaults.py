@@ -26,9 +26,15 @@ from ambient.train import TrainConfig
 # point (benchmarks/consistency_probes.py, 1b) and fall behind when the network is trained
 # longer (benchmarks/consistency_seeds.py at 6000 steps), so 6 stays. Without the warm start
 # the term scores 5-10% better at the benchmarks' 1500 steps but ties at 6000, and a run costs
-# about 2.2x a DSM run instead of 1.6x, so the warm start stays.
+# about 2.2x a DSM run instead of 1.6x, so the warm start stays. The levels sigma' of the
+# term follow the objective's log-normal truncated below sigma_n (levels="log-normal"): on the
+# mixture over three seeds it beats log-uniform levels at every sigma_n on the covariance error
+# (0.65 vs 1.06, 2.56 vs 3.26, 12.5 vs 13.9 at sigma_n = 0.15, 0.3, 0.6) and the excess errors
+# below sigma_n (benchmarks/results/consistency_levels.md): log-uniform levels spend half the
+# term's rows below 10 sigma_min, where D(x, sigma) ~ x leaves little to learn.
 DEFAULT_CONSISTENCY = ConsistencyConfig(weight=1.0, fraction=0.25, start="data", target="samples",
-                                        substeps=6, lift=1.1, schedule="geometric", warmup=0.5)
+                                        substeps=6, lift=1.1, schedule="geometric", warmup=0.5,
+                                        levels="log-normal")
 # Ambient weighting lambda(sigma) * min(1/r^2, 10): learns D near sigma_n better than the
 # paper's lambda * r^2 (which vanishes as sigma -> sigma_n), same measurement (1500 steps).
 # Trained 6000 steps on the 1438 digits the paper's weighting (cap 1) denoises better at every

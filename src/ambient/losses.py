@@ -41,6 +41,31 @@ def edm_weight(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
+def sample_log_normal(
+    lo: Tensor,
+    hi: Tensor | float,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Levels from EDM's log-normal ``ln sigma ~ N(p_mean, p_std^2)`` truncated to ``(lo, hi)`` per
+    element (``lo = 0``: no lower bound), drawn exactly by inverse CDF, in float64:
+
+        u ~ U(Phi(a), Phi(b)),  a = (ln lo - p_mean)/p_std,  b = (ln hi - p_mean)/p_std,
+        sigma = exp(p_mean + p_std * Phi^-1(u))."""
+    lo = lo.to(torch.float64)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    a = torch.where(lo > 0, normal.cdf((torch.log(lo.clamp_min(1e-300)) - p_mean) / p_std),
+                    torch.zeros_like(lo))
+    if isinstance(hi, Tensor):
+        b = normal.cdf((torch.log(hi.to(torch.float64)) - p_mean) / p_std)
+    else:
+        b = normal.cdf(torch.tensor((math.log(hi) - p_mean) / p_std, dtype=torch.float64))
+    u = torch.rand(lo.shape, generator=generator, dtype=torch.float64, device=lo.device)
+    p = (a + (b - a) * u).clamp(1e-15, 1 - 1e-15)
+    return torch.exp(p_mean + p_std * torch.special.ndtri(p))
+
+
 def sample_sigma_above(
     sigma_n: Tensor,
     p_mean: float = -1.2,
@@ -48,27 +73,16 @@ def sample_sigma_above(
     sigma_max: float = 80.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Training levels: EDM's log-normal ``ln sigma ~ N(p_mean, p_std^2)`` truncated to
-    ``(sigma_n, sigma_max]`` per sample, drawn exactly by inverse CDF:
-
-        u ~ U(Phi(a), Phi(b)),  a = (ln sigma_n - p_mean)/p_std,  b = (ln sigma_max - p_mean)/p_std,
-        sigma = exp(p_mean + p_std * Phi^-1(u)).
-
-    Every draw lies strictly above its sample's ``sigma_n`` (none is wasted at ``sigma = sigma_n``,
-    where the ambient loss is identically 0); with ``sigma_n = 0`` it is EDM's distribution
-    (capped at ``sigma_max``)."""
+    """Training levels: :func:`sample_log_normal` truncated to ``(sigma_n, sigma_max]`` per
+    sample. Every draw lies strictly above its sample's ``sigma_n`` (none is wasted at
+    ``sigma = sigma_n``, where the ambient loss is identically 0); with ``sigma_n = 0`` it is
+    EDM's distribution (capped at ``sigma_max``)."""
     s = sigma_n.to(torch.float64)
     if (s >= sigma_max).any():
         raise ValueError(
             f"sigma_n must be below the model's sigma_max={sigma_max}; got max sigma_n={s.max():.4g}"
         )
-    normal = torch.distributions.Normal(0.0, 1.0)
-    lo = torch.where(s > 0, normal.cdf((torch.log(s.clamp_min(1e-300)) - p_mean) / p_std),
-                     torch.zeros_like(s))
-    hi = normal.cdf(torch.tensor((math.log(sigma_max) - p_mean) / p_std, dtype=torch.float64))
-    u = torch.rand(s.shape, generator=generator, dtype=torch.float64, device=s.device)
-    p = (lo + (hi - lo) * u).clamp(1e-15, 1 - 1e-15)
-    sigma = torch.exp(p_mean + p_std * torch.special.ndtri(p))
+    sigma = sample_log_normal(s, sigma_max, p_mean, p_std, generator)
     # Guard against rounding at the lower end: stay strictly above sigma_n.
     sigma = torch.maximum(sigma, s * (1 + 1e-6) + 1e-12).clamp_max(sigma_max)
     return sigma.to(sigma_n.dtype)

@@ -35,6 +35,7 @@ from ambient.losses import (
     consistency_loss,
     edm_weight,
     own_sample_loss,
+    sample_log_normal,
     sample_sigma_above,
     sure_loss,
 )
@@ -61,6 +62,9 @@ class ConsistencyConfig:
     warmup: float = 0.0  # share of the training steps before the term switches on (warm start)
     sigma_min: float = 0.002  # lowest level trained by consistency
     weighting: Literal["none", "edm"] = "none"  # "edm": times lambda(sigma') / lambda(sigma_n)
+    # law of the levels drawn below sigma_n: log-uniform, or the objective's training log-normal
+    # (p_mean, p_std) truncated below sigma_n (see draw_levels)
+    levels: Literal["log-uniform", "log-normal"] = "log-uniform"
     teacher_grad: bool = False  # let gradients reach the teacher D(x, sigma)
     single_backward: bool = True  # gradient through one draw (doubled), second draw without graph
 
@@ -74,7 +78,9 @@ class ConsistencyConfig:
                   ("lift", self.lift >= 1, ">= 1 (the draws start at or above sigma_n)"),
                   ("sigma_min", self.sigma_min > 0, "> 0"),
                   ("warmup", 0 <= self.warmup < 1, "in [0, 1)"),
-                  ("schedule", self.schedule in ("geometric", "edm"), "'geometric' or 'edm'")]
+                  ("schedule", self.schedule in ("geometric", "edm"), "'geometric' or 'edm'"),
+                  ("levels", self.levels in ("log-uniform", "log-normal"),
+                   "'log-uniform' or 'log-normal'")]
         for name, ok, rule in checks:
             if not ok:
                 raise AmbientError(f"{prefix}.{name} must be {rule}, got {getattr(self, name)}")
@@ -114,6 +120,19 @@ def log_uniform(lo: Tensor, hi: Tensor, generator: torch.Generator | None) -> Te
     """Per-element levels drawn log-uniformly in ``(lo, hi)``."""
     u = torch.rand(lo.shape, generator=generator, device=lo.device, dtype=lo.dtype)
     return torch.exp(torch.log(lo) + u * (torch.log(hi) - torch.log(lo)))
+
+
+def draw_levels(lo: Tensor, hi: Tensor, cfg: ConsistencyConfig, generator: torch.Generator | None,
+                p_mean: float = -1.2, p_std: float = 1.2) -> Tensor:
+    """Per-element consistency levels in ``(lo, hi)``: log-uniform (``cfg.levels``
+    "log-uniform"), or EDM's log-normal ``ln sigma ~ N(p_mean, p_std^2)`` truncated to
+    ``(lo, hi)`` ("log-normal": below sigma_n the term then sees the levels with the density
+    that DSM on clean data trains them with, instead of spending half its rows below
+    ``10 * sigma_min``, where ``D(x, sigma) ~ x`` leaves little to learn)."""
+    if cfg.levels == "log-normal":
+        sigma = sample_log_normal(lo, hi, p_mean, p_std, generator)
+        return torch.minimum(torch.maximum(sigma, lo), hi).to(lo.dtype)
+    return log_uniform(lo, hi, generator)
 
 
 @torch.no_grad()
@@ -156,31 +175,35 @@ def consistency_rows(
     generator: torch.Generator | None = None,
     sigma_data: float = 0.5,
     sigma_floor: float = 0.0,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
 ) -> Tensor:
-    """Per-sample consistency loss of every row of ``y`` (VE levels ``sigma_n > 0``).
+    """Per-sample consistency loss of every row of ``y`` (VE levels ``sigma_n > 0``). Every level
+    below is drawn by :func:`draw_levels` (``cfg.levels``; "law" below), ``p_mean`` and ``p_std``
+    being the objective's training log-normal.
 
-    start="data": sigma ~ log-uniform(floor, sigma_n), x from :func:`run_chain` (as the
+    start="data": sigma ~ law(floor, sigma_n), x from :func:`run_chain` (as the
     theorem states: states of the model's own reverse process started at the data).
     start="ambient": ``ambient = (x, sigma, D(x, sigma))`` of the ambient loss (shared teacher).
-    Then sigma' = sigma (1 - step) (target="step") or log-uniform(floor, min(sigma, sigma_n))
+    Then sigma' = sigma (1 - step) (target="step") or law(floor, min(sigma, sigma_n))
     (target="below"), and :func:`ambient.losses.consistency_loss` from (x, sigma) to sigma'.
     ``floor = max(cfg.sigma_min, sigma_floor)``. weighting="edm" multiplies the loss by
     ``lambda(sigma') / lambda(sigma_n)`` (EDM weight), so that errors at small levels count as
     much, in the network's output scale, as at the data level.
 
-    target="samples" instead: sigma' ~ log-uniform(floor, sigma_n) and
+    target="samples" instead: sigma' ~ law(floor, sigma_n) and
     :func:`ambient.losses.own_sample_loss` (DSM on the model's own draws from ``y``)."""
     lowest = max(cfg.sigma_min, sigma_floor)
     floor = torch.full_like(sigma_n, lowest)
     if cfg.target == "samples":
-        sigma_next = log_uniform(floor, sigma_n, generator)
+        sigma_next = draw_levels(floor, sigma_n, cfg, generator, p_mean, p_std)
         rho = math.inf if cfg.schedule == "geometric" else EDM_RHO
         loss = own_sample_loss(denoiser, y, sigma_n, sigma_next, cfg.lift, cfg.substeps,
                                lowest, sigma_data, generator, rho).loss
         return _weighted(loss, sigma_next, sigma_n, cfg, sigma_data)
     teacher = None
     if cfg.start == "data":
-        sigma = log_uniform(floor, sigma_n, generator)
+        sigma = draw_levels(floor, sigma_n, cfg, generator, p_mean, p_std)
         x = run_chain(denoiser, y, sigma_n, sigma, cfg.chain_steps, generator)
     elif ambient is None:
         raise ValueError("consistency start='ambient' needs the ambient loss's x, sigma, denoised")
@@ -189,7 +212,8 @@ def consistency_rows(
     if cfg.target == "step":
         sigma_next = sigma * (1 - cfg.step)
     else:
-        sigma_next = log_uniform(floor, torch.minimum(sigma, sigma_n), generator)
+        sigma_next = draw_levels(floor, torch.minimum(sigma, sigma_n), cfg, generator, p_mean,
+                                 p_std)
     loss = consistency_loss(denoiser, x, sigma, sigma_next, teacher=teacher,
                             teacher_grad=cfg.teacher_grad, single_backward=cfg.single_backward,
                             substeps=cfg.substeps, generator=generator).loss
@@ -211,6 +235,8 @@ def consistency_term(
     ambient: tuple[Tensor, Tensor, Tensor] | None = None,
     generator: torch.Generator | None = None,
     sigma_data: float = 0.5,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
 ) -> Tensor | None:
     """:func:`consistency_rows` on the sub-batch :func:`pick_rows` draws, or None if the batch
     has no noisy sample."""
@@ -218,7 +244,8 @@ def consistency_term(
     if pick.numel() == 0:
         return None
     rows = None if ambient is None else tuple(t[pick] for t in ambient)
-    return consistency_rows(denoiser, y[pick], sigma_n[pick], cfg, rows, generator, sigma_data)
+    return consistency_rows(denoiser, y[pick], sigma_n[pick], cfg, rows, generator, sigma_data,
+                            p_mean=p_mean, p_std=p_std)
 
 
 def training_loss(
@@ -244,7 +271,7 @@ def training_loss(
     cons_cfg = cfg.consistency
     if cfg.method == "ambient" and cons_cfg.weight > 0:
         cons = consistency_term(denoiser, y, sigma_n, cons_cfg, (amb.x, amb.sigma, amb.denoised),
-                                generator, cfg.sigma_data)
+                                generator, cfg.sigma_data, cfg.p_mean, cfg.p_std)
         if cons is not None:
             cons_mean = cons.mean()
             loss = loss + cons_cfg.weight * cons_mean
