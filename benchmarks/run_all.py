@@ -1,6 +1,6 @@
 """Run every benchmark and assemble benchmarks/RESULTS.md from their outputs.
 
-    python benchmarks/run_all.py              # all benchmarks (about 5 h on 2 CPU cores)
+    python benchmarks/run_all.py              # all benchmarks (about 6 h on 2 CPU cores)
     python benchmarks/run_all.py --quick      # smoke versions into a temp folder (minutes;
                                               # pages differing only in --steps / --seeds once)
     python benchmarks/run_all.py --assemble   # only rebuild RESULTS.md from benchmarks/results/
@@ -199,11 +199,11 @@ def assemble(results: Path, out: Path) -> Path:
         path = results / name
         text = (path.read_text(encoding="utf-8") if path.exists()
                 else f"(not run yet: {path} is missing)")
+        text = re.sub(r"^#+ .*\n", "", text, count=1)  # the page's own title
         if path.exists() and name in COMMAND and current not in text:
             text = (f"> Not made with the current defaults (this page states other ones, or "
                     f"none): its rows called the default are the default of its time. Rerun: "
                     f"`python benchmarks/{' '.join(COMMAND[name])}`.\n\n{text}")
-        text = re.sub(r"^#+ .*\n", "", text, count=1)  # the page's own title
         text = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M)  # its headings one level down
         text = re.sub(r"(!\[[^\]]*\]\()(?!https?:|/)", rf"\1{prefix}/", text)
         parts += [f"## {title}", "", text, ""]

@@ -121,13 +121,14 @@ def test_results_mark_pages_made_with_other_defaults(tmp_path: Path,
     from ambient.defaults import defaults_summary
 
     (tmp_path / "step_cost.md").write_text(f"cost page. {defaults_summary()}\n", encoding="utf-8")
-    (tmp_path / "consistency.md").write_text("an old page, defaults: levels=log-uniform\n",
+    (tmp_path / "consistency.md").write_text("# Its title\n\nan old page, levels=log-uniform\n",
                                              encoding="utf-8")
     text = run_all.assemble(tmp_path, tmp_path / "RESULTS.md").read_text(encoding="utf-8")
     sections = {s.split("\n", 1)[0]: s for s in text.split("\n## ")[1:]}
     marker = "> Not made with the current defaults"
     old = sections["Gaussian-mixture exactness and consistency ablation"]
     assert marker in old and "Rerun: `python benchmarks/consistency_ablation.py`" in old
+    assert "Its title" not in old and "an old page" in old  # the page's own title is dropped
     assert marker not in sections["Training-step cost of every objective and consistency option"]
     assert "not run yet" in sections["Digits: sample quality (Frechet distance) and the denoising "
                                      "table"]  # a missing page is not marked

@@ -30,7 +30,7 @@ from ambient.train import TrainConfig
 # term follow the objective's log-normal truncated below sigma_n (levels="log-normal"): on the
 # mixture over three seeds it beats log-uniform levels at every sigma_n on the covariance error
 # (0.65 vs 1.06, 2.56 vs 3.26, 12.5 vs 13.9 at sigma_n = 0.15, 0.3, 0.6) and the excess errors
-# below sigma_n (benchmarks/results/consistency_levels.md): log-uniform levels spend half the
+# below sigma_n (benchmarks/results/consistency_levels.md): log-uniform levels spend about half the
 # term's rows below 10 sigma_min, where D(x, sigma) ~ x leaves little to learn.
 DEFAULT_CONSISTENCY = ConsistencyConfig(weight=1.0, fraction=0.25, start="data", target="samples",
                                         substeps=6, lift=1.1, schedule="geometric", warmup=0.5,

@@ -127,7 +127,7 @@ def draw_levels(lo: Tensor, hi: Tensor, cfg: ConsistencyConfig, generator: torch
     """Per-element consistency levels in ``(lo, hi)``: log-uniform (``cfg.levels``
     "log-uniform"), or EDM's log-normal ``ln sigma ~ N(p_mean, p_std^2)`` truncated to
     ``(lo, hi)`` ("log-normal": below sigma_n the term then sees the levels with the density
-    that DSM on clean data trains them with, instead of spending half its rows below
+    that DSM on clean data trains them with, instead of spending about half its rows below
     ``10 * sigma_min``, where ``D(x, sigma) ~ x`` leaves little to learn)."""
     if cfg.levels == "log-normal":
         sigma = sample_log_normal(lo, hi, p_mean, p_std, generator)
