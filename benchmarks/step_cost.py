@@ -3,7 +3,10 @@
 Rounds are interleaved (one step of every objective per round) so that load on a shared
 machine hits all of them alike; the median over rounds is reported. Also: images/s of the
 digits UNet and MLP and the process's peak resident memory (on a GPU also its peak allocated
-memory; each timed step then ends with a device synchronisation).
+memory; each timed step then ends with a device synchronisation). The model is called through
+:class:`ambient.graphs.GraphedInference`, as ``ambient train`` calls it: on a GPU the calls
+without autograd (the consistency term's own draws) replay CUDA graphs, and the default's row
+is timed once more without them; on the CPU it passes every call through.
 
     python benchmarks/step_cost.py                  # writes benchmarks/results/step_cost.md
     python benchmarks/step_cost.py --device cuda --out benchmarks/results/step_cost_gpu.md
@@ -22,6 +25,7 @@ import torch
 
 from ambient.data.digits import load_digits
 from ambient.defaults import DEFAULT_WEIGHT_CAP, defaults_summary
+from ambient.graphs import GraphedInference
 from ambient.nets import build_denoiser
 from ambient.objective import ObjectiveConfig, training_loss
 from consistency_ablation import VARIANTS, variant_objective
@@ -35,6 +39,7 @@ OBJECTIVES = {  # the plain objectives, then every option of the consistency abl
        for name, (method, _, overrides, objective) in VARIANTS.items()
        if method == "ambient" and overrides is not None and not objective},
 }
+DEFAULT = "ambient + consistency (default: own samples)"
 
 
 def time_steps(net_kind: str, batch: int, rounds: int, device: torch.device) -> dict[str, float]:
@@ -43,13 +48,17 @@ def time_steps(net_kind: str, batch: int, rounds: int, device: torch.device) -> 
     torch.manual_seed(0)
     model = build_denoiser((1, 8, 8), kind=net_kind).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    times: dict[str, list[float]] = {k: [] for k in OBJECTIVES}
+    graphed = GraphedInference(model)
+    runs = {name: (cfg, graphed) for name, cfg in OBJECTIVES.items()}
+    if device.type == "cuda":
+        runs[f"{DEFAULT}, without CUDA graphs"] = (OBJECTIVES[DEFAULT], model)
+    times: dict[str, list[float]] = {k: [] for k in runs}
     g = torch.Generator(device).manual_seed(0)
     for r in range(rounds + 2):
-        for name, cfg in OBJECTIVES.items():
+        for name, (cfg, denoiser) in runs.items():
             idx = torch.randint(len(y), (batch,), generator=g, device=device)
             start = time.perf_counter()
-            loss, _ = training_loss(model, y[idx], sigma_n[idx], cfg, generator=g)
+            loss, _ = training_loss(denoiser, y[idx], sigma_n[idx], cfg, generator=g)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -81,6 +81,9 @@ class EngineConfig:
     log_every: int = 25  # steps between metrics lines / TensorBoard points
     sample_every: int = 0  # steps between on_sample calls; 0 disables
     max_nonfinite_steps: int = 20  # consecutive non-finite losses before training aborts
+    # on a CUDA device, replay CUDA graphs for the denoiser's calls without autograd (the
+    # consistency term's own draws; pixel training only, see ambient.graphs)
+    cuda_graphs: bool = True
 
     def validate(self) -> None:
         """Raise :class:`AmbientError` naming the first field with an impossible value."""

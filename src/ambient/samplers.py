@@ -86,6 +86,12 @@ def _levels(sigma: Tensor, x: Tensor) -> Tensor:
     return sigma.to(x.dtype).expand(x.shape[0])
 
 
+def _positive(sigmas: Tensor) -> list[bool]:
+    """Whether each row of a schedule is above 0 for every sample, read in one device sync
+    (not one per step: a sync per step would stall a GPU between the steps' launches)."""
+    return (sigmas.reshape(len(sigmas), -1) > 0).all(1).tolist()
+
+
 def _progress(n: int, progress: bool, desc: str) -> range | tqdm:
     return tqdm(range(n), desc=desc, leave=False) if progress else range(n)
 
@@ -132,12 +138,13 @@ def sample_heun(
     """EDM deterministic 2nd-order sampler on ``dx/dsigma = (x - D(x, sigma)) / sigma``:
     Euler predictor, trapezoidal corrector (skipped on the last step when ``sigma' = 0``)."""
     sigmas = sigmas.to(device=x.device, dtype=x.dtype)
+    positive = _positive(sigmas)
     for i in _progress(len(sigmas) - 1, progress, "heun"):
         s, s_next = _levels(sigmas[i], x), _levels(sigmas[i + 1], x)
         h = bcast(s_next - s, x)
         d = (x - denoiser(x, s)) / bcast(s, x)
         x_next = x + h * d
-        if bool((s_next > 0).all()):
+        if positive[i + 1]:
             d_next = (x_next - denoiser(x_next, s_next)) / bcast(s_next, x)
             x_next = x + h * 0.5 * (d + d_next)
         x = x_next
@@ -161,10 +168,11 @@ def sample_multistep(
     :func:`reverse_step` (``eta = 0``) with ``D`` extrapolated linearly in ``ln sigma``."""
     sigmas = sigmas.to(device=x.device, dtype=x.dtype)
     previous, h_previous = None, None
+    positive = _positive(sigmas)
     for i in _progress(len(sigmas) - 1, progress, "multistep"):
         s, s_next = _levels(sigmas[i], x), _levels(sigmas[i + 1], x)
         denoised = denoiser(x, s)
-        if not bool((s_next > 0).all()):
+        if not positive[i + 1]:
             return denoised
         h = torch.log(s / s_next)
         extrapolated = denoised

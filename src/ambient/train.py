@@ -22,7 +22,9 @@ from ambient import checkpoint as ck
 from ambient.data import NoisyDataset
 from ambient.engine import EngineConfig, SampleFn, run_training, trainable_parameters
 from ambient.errors import AmbientError
+from ambient.graphs import GraphedInference
 from ambient.images import save_grid
+from ambient.losses import Denoiser
 from ambient.nets import backbone_config, build_backbone
 from ambient.objective import ObjectiveConfig, consistency_at, training_loss
 from ambient.precond import EDMPrecond
@@ -105,11 +107,15 @@ def _type_name(tp: Any) -> str:
 class DatasetLoss:
     """``loss_fn`` of the engine: the objective on rows ``idx`` of the dataset, whose tensors
     move to the device of the indices on first use and stay there; the consistency term follows
-    its warm start (:func:`ambient.objective.consistency_at`) over ``total_steps``."""
+    its warm start (:func:`ambient.objective.consistency_at`) over ``total_steps``. With
+    ``cuda_graphs`` the model's calls without autograd replay CUDA graphs on a GPU
+    (:class:`ambient.graphs.GraphedInference`; of a DDP wrapper, its module's)."""
 
-    def __init__(self, dataset: NoisyDataset, objective: ObjectiveConfig, total_steps: int) -> None:
+    def __init__(self, dataset: NoisyDataset, objective: ObjectiveConfig, total_steps: int,
+                 cuda_graphs: bool = True) -> None:
         self.y, self.sigma_n, self.objective = dataset.y, dataset.sigma_n, objective
-        self.total_steps = total_steps
+        self.total_steps, self.cuda_graphs = total_steps, cuda_graphs
+        self.graphed: GraphedInference | None = None
 
     def __call__(self, model: nn.Module, idx: Tensor, generator: torch.Generator | None,
                  step: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -117,7 +123,17 @@ class DatasetLoss:
             self.y, self.sigma_n = self.y.to(idx.device), self.sigma_n.to(idx.device)
         consistency = consistency_at(self.objective.consistency, step, self.total_steps)
         objective = replace(self.objective, consistency=consistency)
-        return training_loss(model, self.y[idx], self.sigma_n[idx], objective, generator)
+        return training_loss(self.denoiser(model), self.y[idx], self.sigma_n[idx], objective,
+                             generator)
+
+    def denoiser(self, model: nn.Module) -> Denoiser:
+        """``model``, or its :class:`GraphedInference` (kept while the engine passes the same
+        model, so each graph is recorded once)."""
+        if not self.cuda_graphs:
+            return model
+        if self.graphed is None or self.graphed.model is not model:
+            self.graphed = GraphedInference(model, getattr(model, "module", model))
+        return self.graphed
 
 
 def image_grid_callback(sample_shape: tuple[int, ...], sigma_max: float, count: int = 16,
@@ -179,7 +195,8 @@ def train(cfg: TrainConfig, dataset: NoisyDataset, run_dir: Path, resume: bool =
         ckpt, loaded = _load_weights(Path(init_from), model, "ema")
         run_config["init_from"] = {"path": str(ckpt.path), "step": ckpt.step, "weights": loaded}
     on_sample = image_grid_callback(shape, obj.sigma_max) if dataset.is_image else None
-    return run_training(model, DatasetLoss(dataset, obj, cfg.engine.steps), len(dataset), cfg.engine,
+    return run_training(model, DatasetLoss(dataset, obj, cfg.engine.steps,
+                                                 cfg.engine.cuda_graphs), len(dataset), cfg.engine,
                         Path(run_dir), resume=resume, run_config=run_config,
                         on_sample=on_sample, progress=progress)
 
