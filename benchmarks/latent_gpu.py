@@ -94,11 +94,20 @@ class Setting:
     batch: int
     checkpointing: bool
     consistency: bool
+    graphs: bool = True  # EngineConfig.cuda_graphs (the default): the draws replay CUDA graphs
 
     @property
     def label(self) -> str:
         return (f"batch {self.batch}, {'with' if self.checkpointing else 'no'} gradient "
-                f"checkpointing, {'with' if self.consistency else 'no'} consistency")
+                f"checkpointing, {'with' if self.consistency else 'no'} consistency"
+                + ("" if self.graphs else ", without CUDA graphs"))
+
+    @property
+    def term(self) -> str:
+        """The table's consistency column."""
+        if not self.consistency:
+            return "off"
+        return "default" if self.graphs else "default, without CUDA graphs"
 
 
 def build_sdxl(spec: dict, folder: Path, device: torch.device, dtype: torch.dtype) -> int:
@@ -171,7 +180,8 @@ def time_setting(setting: Setting, model: Path, data: Path, resolution: int, out
     consistency = replace(DEFAULT_CONSISTENCY, warmup=0.0,
                           weight=paper_consistency_weight(t_n) if setting.consistency else 0.0)
     engine = replace(paper_engine_config(), steps=steps, batch_size=setting.batch, log_every=1,
-                     checkpoint_every=steps, mixed_precision=mixed_precision)
+                     checkpoint_every=steps, mixed_precision=mixed_precision,
+                     cuda_graphs=setting.graphs)
     cfg = FinetuneConfig(pretrained=str(model), data=str(data), out=str(out), t_n=t_n,
                          resolution=resolution,
                          consistency=consistency, gradient_checkpointing=setting.checkpointing,
@@ -273,10 +283,13 @@ def main(argv: list[str] | None = None) -> Path:
     gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else 0.0
     where = (f"{torch.cuda.get_device_name()} ({gib:.0f} GiB)" if cuda else "CPU") + \
         f", torch {torch.__version__}"
-    # every batch without gradient checkpointing, the largest also with it
+    # every batch without gradient checkpointing, the largest also with it; the smallest also
+    # with consistency but without CUDA graphs
     settings = [] if args.forward_only else [
-        Setting(b, ckpt, cons) for b in args.batches
-        for ckpt in ((False, True) if b == max(args.batches) else (False,)) for cons in (False, True)]
+        *(Setting(b, ckpt, cons) for b in args.batches
+          for ckpt in ((False, True) if b == max(args.batches) else (False,))
+          for cons in (False, True)),
+        Setting(min(args.batches), False, True, graphs=False)]
     rerun = " ".join(["python benchmarks/latent_gpu.py", *(sys.argv[1:] if argv is None else argv)])
     rows: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -298,14 +311,14 @@ def main(argv: list[str] | None = None) -> Path:
                           dtype_name) if last_ok else None)
     for setting in settings:
         r = results[setting.label]
-        base = results[replace(setting, consistency=False).label]
+        base = results[replace(setting, consistency=False, graphs=True).label]
         if "error" in r:
             rows.append(f"| {setting.batch} | {'yes' if setting.checkpointing else 'no'} | "
-                        f"{'default' if setting.consistency else 'off'} | {r['error']} | | | |")
+                        f"{setting.term} | {r['error']} | | | |")
             continue
         ratio = f"{r['seconds'] / base['seconds']:.2f}" if "error" not in base else "-"
         rows.append(f"| {setting.batch} | {'yes' if setting.checkpointing else 'no'} | "
-                    f"{'default' if setting.consistency else 'off'} | {r['seconds']:.3f} | {ratio} | "
+                    f"{setting.term} | {r['seconds']:.3f} | {ratio} | "
                     f"{r['images_per_s']:.2f} | {r['peak_gib']:.1f} |")
     lines = [
         "# SDXL at real size on a GPU: fine-tuning step and sampling"

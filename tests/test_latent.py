@@ -22,7 +22,13 @@ from torch import nn
 from ambient import checkpoint as ck
 from ambient.engine import EngineConfig
 from ambient.errors import AmbientError
-from ambient.latent.adapter import UNetConditioning, UNetDenoiser, ve_view, x0_from_prediction
+from ambient.latent.adapter import (
+    GraphedUNetDenoisers,
+    UNetConditioning,
+    UNetDenoiser,
+    ve_view,
+    x0_from_prediction,
+)
 from ambient.latent.attack import center_box, masked_attack, noise_attack, score
 from ambient.latent.cache import CACHE_FILE, NoisyLatents
 from ambient.latent.cli import register_cli
@@ -317,6 +323,44 @@ def test_latent_loss_equals_core_vp_loss_on_the_diffusers_unet(model):
     torch.testing.assert_close(loss, core, rtol=1e-6, atol=0)
     torch.testing.assert_close(loss, by_hand, rtol=1e-4, atol=0)
     assert stats["ambient"] == stats["loss"]
+
+
+def _graphed_setup(model, device: str):
+    """The tiny UNet on ``device``, two conditionings of two rows each, a batch of latents."""
+    import copy
+
+    unet = copy.deepcopy(model.pipe.unet).to(device)
+    time_ids = sdxl_time_ids((RES, RES), (0, 0), (RES, RES))[None]
+    conds = [model.conditioning(prompts, time_ids)[0].to(device)
+             for prompts in (["a face", "eyes"], ["eyes", "a nose"])]
+    x = torch.randn(2, 4, RES // 2, RES // 2, generator=torch.Generator().manual_seed(0))
+    return unet, conds, x.to(device), torch.tensor([0.3, 0.6], device=device)
+
+
+def test_graphed_unet_denoisers_pass_through_on_the_cpu(model):
+    unet, conds, x, v = _graphed_setup(model, "cpu")
+    denoisers = GraphedUNetDenoisers(model.alphas_cumprod, model.prediction_type, None)
+    d = denoisers.make(unet, conds[0])
+    eager = UNetDenoiser(unet, model.alphas_cumprod, model.prediction_type, conds[0])
+    with torch.no_grad():
+        assert torch.equal(d(x, v), eager(x, v))
+    assert d(x, v).grad_fn is not None and denoisers.graphs.recorded == {}
+    with pytest.raises(ValueError, match="conditioning fields"):
+        denoisers.make(unet, UNetConditioning(encoder_hidden_states=conds[0].encoder_hidden_states))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graphed_unet_denoisers_replay_with_each_calls_conditioning(model):
+    """One graph for both conditionings: the conditioning is an input of the graph, not a
+    constant recorded in it."""
+    unet, conds, x, v = _graphed_setup(model, "cuda")
+    denoisers = GraphedUNetDenoisers(model.alphas_cumprod, model.prediction_type, None)
+    with torch.no_grad():
+        for cond in conds + conds:
+            want = UNetDenoiser(unet, model.alphas_cumprod, model.prediction_type, cond)(x, v)
+            torch.testing.assert_close(denoisers.make(unet, cond)(x, v), want, rtol=1e-4,
+                                       atol=1e-4)
+    assert len(denoisers.graphs.recorded) == 1
 
 
 def test_latent_loss_adds_the_weighted_consistency_term(model):

@@ -21,60 +21,61 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-Key = tuple[tuple[int, ...], torch.dtype, tuple[int, ...], torch.dtype, bool]
+Key = tuple[tuple[tuple[tuple[int, ...], torch.dtype], ...], bool]
 
 
 @dataclass
 class _Recorded:
     graph: torch.cuda.CUDAGraph
-    x: Tensor  # static input buffers, copied into before each replay
-    sigma: Tensor
+    inputs: list[Tensor]  # static input buffers, copied into before each replay
     out: Tensor  # static output buffer, overwritten by each replay
 
 
 class GraphedInference:
-    """``D(x, sigma)``: ``model`` for calls with autograd, a replayed CUDA graph of ``inference``
-    (default ``model``) for calls without it on a CUDA device.
+    """``fn(*inputs)`` of tensors (a denoiser: ``fn(x, sigma)``): ``eager(*inputs)`` (default
+    ``fn``) for calls with autograd, a replayed CUDA graph of ``fn`` for calls without it on a
+    CUDA device, one per list of input shapes and dtypes (and ``fn.training``, if it has one).
 
-    ``inference`` is for wrapped models: give the module itself when ``model`` is a
-    DistributedDataParallel wrapper, whose forward may communicate (not allowed in a graph) and
-    is not needed without autograd."""
+    ``eager`` is for wrapped models: give the module itself as ``fn`` and the
+    DistributedDataParallel wrapper as ``eager``; the wrapper's forward may communicate (not
+    allowed in a graph) and is not needed without autograd."""
 
-    def __init__(self, model: Callable[[Tensor, Tensor], Tensor],
-                 inference: nn.Module | None = None, max_graphs: int = 8,
-                 warmup_calls: int = 2) -> None:
-        self.model = model
-        self.inference = inference if inference is not None else model
+    def __init__(self, fn: Callable[..., Tensor], eager: Callable[..., Tensor] | None = None,
+                 max_graphs: int = 8, warmup_calls: int = 2) -> None:
+        self.fn = fn
+        self.eager = eager if eager is not None else fn
         self.max_graphs, self.warmup_calls = max_graphs, warmup_calls
         self.recorded: dict[Key, _Recorded] = {}
 
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or x.device.type != "cuda" or torch.is_autocast_enabled("cuda"):
-            return self.model(x, sigma)
-        training = bool(getattr(self.inference, "training", False))
-        key = (tuple(x.shape), x.dtype, tuple(sigma.shape), sigma.dtype, training)
+    def __call__(self, *inputs: Tensor) -> Tensor:
+        if (torch.is_grad_enabled() or inputs[0].device.type != "cuda"
+                or torch.is_autocast_enabled("cuda")):
+            return self.eager(*inputs)
+        key = (tuple((tuple(t.shape), t.dtype) for t in inputs),
+               bool(getattr(self.fn, "training", False)))
         rec = self.recorded.get(key)
         if rec is None:
             if len(self.recorded) >= self.max_graphs:
-                return self.inference(x, sigma)
-            rec = self.recorded[key] = self._record(x, sigma)
-        rec.x.copy_(x)
-        rec.sigma.copy_(sigma)
+                return self.fn(*inputs)
+            rec = self.recorded[key] = self._record(inputs)
+        for buffer, t in zip(rec.inputs, inputs, strict=True):
+            buffer.copy_(t)
         rec.graph.replay()
         return rec.out.clone()
 
-    def _record(self, x: Tensor, sigma: Tensor) -> _Recorded:
+    def _record(self, inputs: tuple[Tensor, ...]) -> _Recorded:
         """Warm up on a side stream (as CUDA graphs require), then record one call."""
-        static_x, static_sigma = x.clone(), sigma.clone()
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
+        static = [t.clone() for t in inputs]
+        device = static[0].device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(self.warmup_calls):
-                self.inference(static_x, static_sigma)
-        torch.cuda.current_stream(x.device).wait_stream(side)
+                self.fn(*static)
+        torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self.inference(static_x, static_sigma)
-        return _Recorded(graph, static_x, static_sigma, out)
+            out = self.fn(*static)
+        return _Recorded(graph, static, out)

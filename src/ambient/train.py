@@ -131,8 +131,8 @@ class DatasetLoss:
         model, so each graph is recorded once)."""
         if not self.cuda_graphs:
             return model
-        if self.graphed is None or self.graphed.model is not model:
-            self.graphed = GraphedInference(model, getattr(model, "module", model))
+        if self.graphed is None or self.graphed.eager is not model:
+            self.graphed = GraphedInference(getattr(model, "module", model), model)
         return self.graphed
 
 

@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ambient.graphs import GraphedInference
 from ambient.losses import Denoiser
 from ambient.noise import as_levels, bcast, timestep_from_vp, ve_to_vp
 
@@ -76,6 +77,11 @@ class UNetConditioning:
             f.name: None if getattr(self, f.name) is None
             else torch.cat([getattr(self, f.name), getattr(other, f.name)])
             for f in fields(self)})
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The fields that are set, by name (``UNetConditioning(**c.tensors())`` rebuilds ``c``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
 
     def unet_kwargs(self) -> dict:
         """Keyword arguments of ``UNet2DConditionModel.forward`` (empty for ``UNet2DModel``)."""
@@ -153,6 +159,56 @@ class UNetDenoiser:
             uncond_d, cond_d = denoised.chunk(2)
             return uncond_d + self.guidance_scale * (cond_d - uncond_d)
         return denoised
+
+
+class GraphedUNetDenoisers:
+    """``make(unet, cond)``: the :class:`UNetDenoiser` of the UNet being trained, whose calls
+    without autograd on a GPU replay CUDA graphs (:class:`ambient.graphs.GraphedInference` of the
+    unwrapped UNet, the conditioning among the graph's inputs): the consistency term's own draws
+    are several no-grad calls on a sub-batch, each launch-bound at SDXL's size (module
+    :mod:`ambient.graphs`). One instance serves every step of a run; calls with autograd go to
+    the UNet (or its DDP wrapper) as they are."""
+
+    def __init__(self, alphas_cumprod: Tensor, prediction_type: PredictionType,
+                 dtype: torch.dtype | None, enabled: bool = True) -> None:
+        self.alphas_cumprod, self.prediction_type = alphas_cumprod, prediction_type
+        self.dtype, self.enabled = dtype, enabled
+        self.unet: nn.Module | None = None
+        self.graphs: GraphedInference | None = None
+        self.fields: list[str] | None = None
+        self.on_device: dict[torch.device, Tensor] = {}  # alphas_cumprod, copied outside graphs
+
+    def make(self, unet: nn.Module, cond: UNetConditioning) -> Denoiser:
+        eager = UNetDenoiser(unet, self.alphas_cumprod, self.prediction_type, cond, dtype=self.dtype)
+        if not self.enabled:
+            return eager
+        if self.unet is not unet:
+            self.unet, self.fields = unet, list(cond.tensors())
+            self.graphs = GraphedInference(self._inference(getattr(unet, "module", unet)))
+        graphs = self.graphs
+        if list(cond.tensors()) != self.fields:
+            raise ValueError(f"conditioning fields {list(cond.tensors())} differ from the run's "
+                             f"first {self.fields}")
+
+        def denoiser(x: Tensor, v: Tensor | float) -> Tensor:
+            if torch.is_grad_enabled() or x.device.type != "cuda":
+                return eager(x, v)
+            if x.device not in self.on_device:
+                self.on_device[x.device] = self.alphas_cumprod.to(x.device)
+            v = as_levels(v, x)
+            return graphs(x, v, *cond.tiled(x.shape[0]).to(x.device).tensors().values())
+
+        return denoiser
+
+    def _inference(self, unet: nn.Module) -> Callable[..., Tensor]:
+        fields = self.fields or []
+
+        def call(x: Tensor, v: Tensor, *tensors: Tensor) -> Tensor:
+            cond = UNetConditioning(**dict(zip(fields, tensors, strict=True)))
+            return UNetDenoiser(unet, self.on_device[x.device], self.prediction_type, cond,
+                                dtype=self.dtype)(x, v)
+
+        return call
 
 
 def ve_view(vp_denoiser: Denoiser) -> Denoiser:

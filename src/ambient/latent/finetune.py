@@ -27,7 +27,7 @@ from ambient import checkpoint as ck
 from ambient.defaults import DEFAULT_CONSISTENCY
 from ambient.engine import EngineConfig, run_training
 from ambient.errors import AmbientError
-from ambient.latent.adapter import UNetConditioning, UNetDenoiser
+from ambient.latent.adapter import GraphedUNetDenoisers, UNetConditioning
 from ambient.latent.cache import (
     CACHE_FILE,
     NoisyLatents,
@@ -38,6 +38,7 @@ from ambient.latent.cache import (
 from ambient.latent.data import list_examples
 from ambient.latent.loss import latent_loss
 from ambient.latent.model import LatentModel, load_pipeline
+from ambient.losses import Denoiser
 from ambient.objective import ConsistencyConfig, consistency_at
 
 logger = logging.getLogger(__name__)
@@ -182,6 +183,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     consistency = cfg.consistency_config()
+    denoisers = GraphedUNetDenoisers(model.alphas_cumprod, model.prediction_type, dtype,
+                                     cfg.engine.cuda_graphs)
 
     def loss_fn(net: nn.Module, index: Tensor, generator: torch.Generator | None, step: int):
         rows = index.cpu()
@@ -190,8 +193,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         if model.is_sdxl:
             cond.time_ids = latents.time_ids[rows]
 
-        def make_denoiser(c: UNetConditioning) -> UNetDenoiser:
-            return model.denoiser(c, unet=net, dtype=dtype)
+        def make_denoiser(c: UNetConditioning) -> Denoiser:
+            return denoisers.make(net, c)
 
         return latent_loss(make_denoiser, y, cond, model.alphas_cumprod, cfg.t_n,
                            consistency_at(consistency, step, cfg.engine.steps), generator)
