@@ -1,18 +1,22 @@
 """CUDA graphs for the denoiser's calls without autograd (the consistency term's own draws).
 
 A training step with consistency runs the model's own sampler on a sub-batch: several small
-forward passes without a graph (:func:`ambient.losses.own_samples`). On a GPU each of them
+forward passes without autograd (:func:`ambient.losses.own_samples`). On a GPU each of them
 costs about as much as its kernel launches, not its arithmetic, so the consistency step costs
 several plain steps. :class:`GraphedInference` records each such call once per input shape as
 a CUDA graph and replays it afterwards, which launches the whole forward pass at once:
 
-    D(x, sigma) = replay of the graph recorded for (shape, dtype, mode) with x, sigma copied in
+    D(x, sigma) = replay of the graph recorded for (shapes, dtypes, mode), x and sigma copied in
+
+The kernels are the model's own, so replays equal eager calls (within 1e-5 in the tests; a
+400-step training run on an H200 ended at the same loss to every printed digit with and without).
 
 Replays read the parameters where they are stored, so in-place optimiser updates (and
 ``load_state_dict``, EMA swaps by ``copy_``) are seen; a model whose parameters are replaced by
 new tensors needs a new :class:`GraphedInference`. Calls with autograd on, on the CPU, under an
 enclosing autocast region (its weight-cast cache would outlive the recording) or beyond
-``max_graphs`` shapes go to the model as they are.
+``max_graphs`` shapes go to the model as they are. The latent path records the SDXL UNet the
+same way, its conditioning among the inputs (:class:`ambient.latent.adapter.GraphedUNetDenoisers`).
 """
 
 from __future__ import annotations
