@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -31,7 +29,7 @@ from ambient.data import GaussianMixture, parse_gmm_spec, resolve_dataset
 from ambient.defaults import default_train_config, defaults_summary
 from ambient.engine import run_training
 from ambient.evaluate.exactness import component_covariance_error, excess_denoising_error
-from ambient.evaluate.report import Report
+from ambient.evaluate.report import Report, command_line
 from ambient.losses import Denoiser, consistency_loss, sample_sigma_above
 from ambient.nets import build_denoiser
 from ambient.objective import training_loss
@@ -170,8 +168,7 @@ def main(argv: list[str] | None = None) -> Path:
     dataset = resolve_dataset(GMM, args.sigma_n, seed=0)
     exact_loss = mean_consistency(gmm.denoiser, dataset.y, dataset.sigma_n)
     report = Report("Consistency with an exact teacher above sigma_n")
-    rerun = " ".join(["python benchmarks/consistency_exact_teacher.py",
-                      *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    rerun = command_line("benchmarks/consistency_exact_teacher.py", argv)
     report.text(f"Rerun: `{rerun}`. "
                 f"{time.perf_counter() - start:.0f} s on one "
                 f"CPU thread. Data: {GMM} at sigma_n = {args.sigma_n:g}; MLP 128x3, batch 512, "

@@ -15,8 +15,6 @@ runs of the exact-teacher and budget pages.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ambient.defaults import default_train_config, defaults_summary
-from ambient.evaluate.report import Report
+from ambient.evaluate.report import Report, command_line
 from consistency_ablation import GMM, MAIN, run_variant
 from consistency_exact_teacher import run
 
@@ -67,8 +65,7 @@ def main(argv: list[str] | None = None) -> Path:
             rows.append(plateau_row(model, lr, ode_steps, steps, Path(tmp)))
             print(rows[-1], flush=True)
     report = Report("The own-sample fixed point's plateau: learning rate and ODE steps")
-    rerun = " ".join(["python benchmarks/consistency_plateau.py",
-                      *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    rerun = command_line("benchmarks/consistency_plateau.py", argv)
     report.text(f"Rerun: `{rerun}`. "
                 f"{sum(float(r['train+eval s']) for r in rows):.0f} s on one CPU thread. Mixture {GMM} "
                 f"at sigma_n = {SIGMA_N:g}, {steps} steps of batch 512, seed 0, the default "

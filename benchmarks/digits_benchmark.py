@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -37,7 +35,7 @@ from ambient.data import load_digits, resolve_dataset
 from ambient.defaults import default_train_config, defaults_summary
 from ambient.evaluate.features import DigitsFeatures
 from ambient.evaluate.frechet import frechet_distance
-from ambient.evaluate.report import Report
+from ambient.evaluate.report import Report, command_line
 from ambient.evaluate.runs import DENOISING_LEVELS, evaluate_run
 from ambient.images import save_grid
 from ambient.train import TrainConfig, load_run, train
@@ -48,7 +46,7 @@ STEPS, QUICK_STEPS = {"mlp": 4000, "unet": 1500}, 150  # training steps per mode
 NUM, QUICK_NUM = 1000, 200  # samples per model and sampling mode
 SAMPLER_STEPS = 32  # Heun levels per sample
 PIXEL_GROUPS = ((0.0, 0.05), (0.05, 0.3), (0.3, math.inf))  # bins of the clean per-pixel std
-COMMAND = "python benchmarks/digits_benchmark.py"
+SCRIPT = "benchmarks/digits_benchmark.py"
 
 
 @dataclass(frozen=True)
@@ -412,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     steps = QUICK_STEPS if args.quick else args.steps or STEPS[args.net]
     num = QUICK_NUM if args.quick else args.num or NUM
     seeds = args.seeds[:1] if args.quick else args.seeds
-    rerun = " ".join([COMMAND, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    rerun = command_line(SCRIPT, argv)
     figures = args.out.with_suffix("")
     t0 = time.time()
     references = data_references(args.sigmas, figures)

@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from ambient.defaults import DEFAULT_CONSISTENCY
+from ambient.evaluate.report import command_line
 from ambient.latent.finetune import (
     FinetuneConfig,
     finetune,
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> Path:
           for ckpt in ((False, True) if b == max(args.batches) else (False,))
           for cons in (False, True)),
         Setting(min(args.batches), False, True, graphs=False)]
-    rerun = " ".join(["python benchmarks/latent_gpu.py", *(sys.argv[1:] if argv is None else argv)])
+    rerun = command_line("benchmarks/latent_gpu.py", argv)
     rows: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -21,8 +21,6 @@ digits reach. Noisy models are also compared with the noisy images they were tra
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -44,7 +42,7 @@ from ambient.evaluate.memorization import (
     unconditional_memorization,
 )
 from ambient.evaluate.plots import plot_nearest_pairs, plot_similarity_histograms
-from ambient.evaluate.report import Report
+from ambient.evaluate.report import Report, command_line
 from ambient.noise import alphas_cumprod_scaled_linear, ve_sigma_from_timestep
 from ambient.samplers import Denoiser
 from ambient.train import load_run, train
@@ -54,7 +52,7 @@ STEPS, QUICK_STEPS = 6000, 100  # training steps per model
 NUM, QUICK_NUM = 1000, 100  # unconditional samples per model
 SIGMAS = (0.4, 0.2)  # noise levels of the noisy-trained models; the first is the headline
 SIGMA_STARTS = (0.8, 1.5, 3.0, 4.5)  # posterior attack levels; the first is the headline
-COMMAND = "python benchmarks/memorization_benchmark.py"
+SCRIPT = "benchmarks/memorization_benchmark.py"
 EMBED = PixelFeatures()
 
 
@@ -325,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     torch.set_num_threads(1)
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
     num = args.num or (QUICK_NUM if args.quick else NUM)
-    rerun = " ".join([COMMAND, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    rerun = command_line(SCRIPT, argv)
     clean = load_digits("train")[:args.train_size]
     t0 = time.time()
     results: list[ModelResult] = []

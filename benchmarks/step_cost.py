@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 
 from ambient.data.digits import load_digits
 from ambient.defaults import DEFAULT_WEIGHT_CAP, defaults_summary
+from ambient.evaluate.report import command_line
 from ambient.graphs import GraphedInference
 from ambient.nets import build_denoiser
 from ambient.objective import ObjectiveConfig, training_loss
@@ -81,7 +81,7 @@ def main() -> None:
     device = torch.device(args.device)
     where = (f"{args.threads} CPU threads" if device.type == "cpu"
              else f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}")
-    rerun = " ".join(["python benchmarks/step_cost.py", *sys.argv[1:]])
+    rerun = command_line("benchmarks/step_cost.py")
     lines = [f"Digits (8x8) at sigma_n = 0.2, batch {args.batch}, median of {args.rounds} "
              f"interleaved rounds, {where}. {defaults_summary()}",
              "",

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from ambient.data.digits import load_digits
 from ambient.data.gmm import GaussianMixture
 from ambient.errors import AmbientError
+from ambient.evaluate.report import command_line
 from ambient.evaluate import (
     DigitsFeatures,
     DinoV2Features,
@@ -392,3 +393,9 @@ def test_plots_and_report(tmp_path):
     srcs = re.findall(r'<img src="([^"]+)"', page)
     assert srcs == links and "<td>a|b</td>" in page
     assert sorted(p.name for p in md.parent.iterdir()) == ["report.html", "report.md"]
+
+
+def test_command_line_quotes_what_the_shell_would_split():
+    line = command_line("benchmarks/x.py", ["--out", "my results/x.md", "--seeds", "0", "1"])
+    assert line == "python benchmarks/x.py --out 'my results/x.md' --seeds 0 1"
+    assert command_line("benchmarks/x.py", []) == "python benchmarks/x.py"

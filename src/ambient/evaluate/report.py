@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import html
 import os
+import shlex
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +17,14 @@ from typing import Any
 from urllib.parse import quote
 
 Row = Any  # a Mapping or a dataclass instance (cells by column name) or a Sequence of cells
+
+
+def command_line(script: str, argv: Sequence[str] | None = None) -> str:
+    """The shell command that reruns ``script`` (a path such as ``benchmarks/step_cost.py``)
+    with ``argv`` (default: this process's arguments), each argument quoted as the shell needs:
+    the line a page prints so that a reader can reproduce it."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", script, *map(shlex.quote, args)])
 
 
 def _row_values(row: Row, columns: Sequence[str]) -> list[Any]:
