@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 from ambient.data.digits import load_digits
 from ambient.data.gmm import GaussianMixture
 from ambient.errors import AmbientError
-from ambient.evaluate.report import command_line
 from ambient.evaluate import (
     DigitsFeatures,
     DinoV2Features,
@@ -44,6 +43,7 @@ from ambient.evaluate import (
     sw_noise_floor,
     unconditional_memorization,
 )
+from ambient.evaluate.report import command_line
 
 
 def gen(seed: int = 0) -> torch.Generator:
