@@ -81,8 +81,8 @@ class EngineConfig:
     log_every: int = 25  # steps between metrics lines / TensorBoard points
     sample_every: int = 0  # steps between on_sample calls; 0 disables
     max_nonfinite_steps: int = 20  # consecutive non-finite losses before training aborts
-    # on a CUDA device, replay CUDA graphs for the denoiser's calls without autograd (the
-    # consistency term's own draws; pixel training only, see ambient.graphs)
+    # on a CUDA device, replay CUDA graphs for the model's calls without autograd (the
+    # consistency term's own draws in ambient train and ambient finetune; see ambient.graphs)
     cuda_graphs: bool = True
 
     def validate(self) -> None:

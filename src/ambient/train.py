@@ -195,10 +195,9 @@ def train(cfg: TrainConfig, dataset: NoisyDataset, run_dir: Path, resume: bool =
         ckpt, loaded = _load_weights(Path(init_from), model, "ema")
         run_config["init_from"] = {"path": str(ckpt.path), "step": ckpt.step, "weights": loaded}
     on_sample = image_grid_callback(shape, obj.sigma_max) if dataset.is_image else None
-    return run_training(model, DatasetLoss(dataset, obj, cfg.engine.steps,
-                                                 cfg.engine.cuda_graphs), len(dataset), cfg.engine,
-                        Path(run_dir), resume=resume, run_config=run_config,
-                        on_sample=on_sample, progress=progress)
+    loss_fn = DatasetLoss(dataset, obj, cfg.engine.steps, cfg.engine.cuda_graphs)
+    return run_training(model, loss_fn, len(dataset), cfg.engine, Path(run_dir), resume=resume,
+                        run_config=run_config, on_sample=on_sample, progress=progress)
 
 
 # -------------------------------------------------------------------------------- load_run
