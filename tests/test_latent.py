@@ -511,7 +511,8 @@ def test_cli(run, faces, tmp_path):
                               "--out", str(tmp_path / "table.md")])
     assert args.func(args) == 0 and (tmp_path / "table.json").is_file()
     args = parser.parse_args(["finetune", "--pretrained", str(tmp_path), "--data", str(faces),
-                              "--t-n", "100", "--out", str(tmp_path / "r")])
+                              "--t-n", "100", "--out", str(tmp_path / "r"), "--no-cuda-graphs"])
+    assert args.no_cuda_graphs
     with pytest.raises(AmbientError, match="not a diffusers Stable Diffusion layout"):
         args.func(args)
 

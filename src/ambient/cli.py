@@ -76,6 +76,8 @@ def build_train_config(args: argparse.Namespace) -> Any:
             flags[section][key] = getattr(args, flag)
     if args.consistency_weight is not None:
         flags["objective"]["consistency"]["weight"] = args.consistency_weight
+    if args.no_cuda_graphs:
+        flags["engine"]["cuda_graphs"] = False
     if args.net is not None:
         flags["net"]["kind"] = args.net
     cfg = _merge(cfg, flags)
@@ -216,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the one-time corruption")
     p.add_argument("--net", choices=["auto", "mlp", "unet"], default=None)
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None)
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="on a GPU, run the consistency draws without CUDA graphs (slower)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None)
     p.add_argument("--sample-every", type=int, default=None)
     p.add_argument("--on-bad", choices=["skip", "error"], default="skip",

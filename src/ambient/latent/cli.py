@@ -47,6 +47,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="bf16")
     p.add_argument("--resolution", type=int, default=1024, help="square training resolution")
     p.add_argument("--gradient-checkpointing", action="store_true", help="save GPU memory")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="run the consistency draws without CUDA graphs (slower)")
     p.add_argument("--checkpoint-every", type=int, default=5000, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=0, help="seed of batches and training noise")
     p.add_argument("--noise-seed", type=int, default=0, help="image i is noised with seed N + i")
@@ -165,7 +167,8 @@ def _finetune(args: argparse.Namespace) -> int:
 
     engine = replace(paper_engine_config(), steps=args.steps, batch_size=args.batch_size,
                      lr=args.lr, mixed_precision=args.mixed_precision,
-                     checkpoint_every=args.checkpoint_every, seed=args.seed)
+                     checkpoint_every=args.checkpoint_every, seed=args.seed,
+                     cuda_graphs=not args.no_cuda_graphs)
     consistency = None
     if args.consistency_weight is not None:
         consistency = replace(DEFAULT_CONSISTENCY, weight=args.consistency_weight)
