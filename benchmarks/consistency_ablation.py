@@ -83,6 +83,8 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
 }
 MAIN = list(VARIANTS)[:6]
 SIGMAS = (0.3, 0.6, 0.15)  # data noise levels for the main methods (the options: the first)
+SHARDS_HINT = ("(or in 2 processes: `--shard 0/2` and `--shard 1/2`; `--resume` continues a "
+               "killed shard)")
 
 
 def variant_objective(name: str) -> ObjectiveConfig:
@@ -212,7 +214,7 @@ def write(rows: list[dict[str, object]], steps: int, out: Path, quick: bool) -> 
             f"sigma_n^2 I, sampled and scored like the models (mean of 5 training sets). "
             f"{defaults_summary()}\n\n"
             f"Rerun: `python benchmarks/consistency_ablation.py{' --quick' if quick else ''}` "
-            f"(or in 2 processes: `--shard 0/2` and `--shard 1/2`).\n\n" + to_markdown(rows)
+            f"{SHARDS_HINT}.\n\n" + to_markdown(rows)
             + excess_plots(rows, out.with_suffix("")))
     tmp = out.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -256,6 +258,9 @@ def add_shard_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--out", default=out)
     parser.add_argument("--assemble", action="store_true",
                         help="only rewrite the page from the shards' .jsonl results")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep this shard's .jsonl results and run only the runs it lacks "
+                             "(after a killed run)")
 
 
 def main() -> None:
@@ -271,21 +276,26 @@ def main() -> None:
         print(write(read_rows(out), steps, out, args.quick))
         return
     run_shard([(name, sigma_n, 0) for name, sigma_n in plan_for(args.quick)], steps, out, k, n,
-              lambda rows: write(rows, steps, out, args.quick))
+              lambda rows: write(rows, steps, out, args.quick), args.resume)
 
 
 def run_shard(plan: list[tuple[str, float, int]], steps: int, out: Path, k: int, n: int,
-              write_page: Callable[[list[dict[str, object]]], str]) -> None:
+              write_page: Callable[[list[dict[str, object]]], str], resume: bool = False) -> None:
     """Run every ``n``-th ``(variant, sigma_n, seed)`` of ``plan`` from ``k``, appending each
     result to ``OUT.shardK.jsonl`` and rewriting the page from all shards' results after every
-    run (so a killed run loses at most the run in progress)."""
+    run (so a killed run loses at most the run in progress). With ``resume`` the shard's
+    results so far are kept and the runs they hold are skipped."""
     mine = out.with_suffix(f".shard{k}.jsonl")
     for stale in out.parent.glob(out.stem + ".shard*.jsonl"):
-        if n == 1 or stale == mine:
+        if (n == 1 or stale == mine) and not (resume and stale == mine):
             stale.unlink()
+    kept = mine.read_text(encoding="utf-8").splitlines() if mine.exists() else []
+    done = {(row["variant"], row["sigma_n"], row["seed"]) for row in map(json.loads, kept)}
     text = ""
     with tempfile.TemporaryDirectory() as tmp:
         for name, sigma_n, seed in plan[k::n]:
+            if (name, sigma_n, seed) in done:
+                continue
             start = time.time()
             row = run_variant(name, sigma_n, steps, Path(tmp), seed)
             row["seconds"] = time.time() - start

@@ -22,6 +22,7 @@ from ambient.defaults import defaults_summary
 from consistency_ablation import (
     GMM,
     MAIN,
+    SHARDS_HINT,
     SIGMAS,
     add_shard_arguments,
     read_rows,
@@ -97,8 +98,8 @@ def write(rows: list[dict[str, object]], steps: int, seeds: list[int], out: Path
             f"model's). {len(rows)} runs, "
             f"{sum(float(r['seconds']) for r in rows):.0f} s of training + evaluation. Step-cost "
             f"ratios of these options: see the step-cost table. {defaults_summary()}\n\n"
-            f"Rerun: `python benchmarks/consistency_seeds.py{flags}` (or in 2 processes: "
-            f"`--shard 0/2` and `--shard 1/2`).\n\n" + summarise(rows))
+            f"Rerun: `python benchmarks/consistency_seeds.py{flags}` {SHARDS_HINT}.\n\n"
+            + summarise(rows))
     tmp = out.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
@@ -134,7 +135,7 @@ def main() -> None:
         print(write(read_rows(out), steps, seeds, out, flags))
         return
     run_shard(plan_for(seeds, sigmas, args.candidates), steps, out, k, n,
-              lambda rows: write(rows, steps, seeds, out, flags))
+              lambda rows: write(rows, steps, seeds, out, flags), args.resume)
 
 if __name__ == "__main__":
     main()

@@ -197,6 +197,31 @@ def test_consistency_seeds_are_paired(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(seeds.BASELINE) == set(seeds.CANDIDATES.values())  # every candidate is paired
 
 
+def test_a_killed_shard_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--resume keeps the shard's results and runs only what they lack; without it the shard
+    starts over (and leaves the other shards' results alone)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    ablation = importlib.import_module("consistency_ablation")
+    ran: list[tuple[str, float, int]] = []
+
+    def fake_run(name: str, sigma_n: float, steps: int, tmp: Path, seed: int) -> dict[str, object]:
+        ran.append((name, sigma_n, seed))
+        return {"variant": name, "sigma_n": sigma_n, "seed": seed}
+
+    monkeypatch.setattr(ablation, "run_variant", fake_run)
+    out = tmp_path / "page.md"
+    plan = [("a", 0.3, 0), ("b", 0.3, 0), ("c", 0.3, 0), ("d", 0.3, 0)]
+    (tmp_path / "page.shard1.jsonl").write_text('{"variant": "x", "sigma_n": 0.3, "seed": 0}\n')
+    (tmp_path / "page.shard0.jsonl").write_text('{"variant": "a", "sigma_n": 0.3, "seed": 0}\n')
+    pages: list[int] = []
+    ablation.run_shard(plan, 1, out, 0, 2, lambda rows: str(pages.append(len(rows))), resume=True)
+    assert ran == [("c", 0.3, 0)] and pages == [3]  # a kept, c run, x from the other shard
+    ran.clear()
+    ablation.run_shard(plan, 1, out, 0, 2, lambda rows: "", resume=False)
+    assert ran == [("a", 0.3, 0), ("c", 0.3, 0)]
+    assert len(ablation.read_rows(out)) == 3
+
+
 def test_gaussian_fixed_point_of_the_refit(monkeypatch: pytest.MonkeyPatch) -> None:
     """The probes' root finder agrees with iterating the refit (test_losses: 1.16 v for v = 0.01,
     sigma_n = 0.3, 6 steps), many ODE steps are exact where v is not small, and 3 steps shrink."""
