@@ -67,6 +67,7 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
     "  own samples, paper weighting (cap 1)": ("ambient", False, {}, {"weight_cap": 1.0}),
     "  own samples, log-uniform levels": ("ambient", False, {"levels": "log-uniform"}, {}),
     "  own samples, log-normal levels": ("ambient", False, {"levels": "log-normal"}, {}),
+    "  own samples, mixed levels": ("ambient", False, {"levels": "mixed"}, {}),
     "  two draws, one jump below (1 substep)": ("ambient", False, {**PAIRS, "substeps": 1}, {}),
     "  two draws from data, chain 4, small steps 5%": ("ambient", False, DATA_SMALL_STEPS, {}),
     "  two draws from data, no chain, one jump below": ("ambient", False, {
@@ -259,8 +260,8 @@ def add_shard_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--assemble", action="store_true",
                         help="only rewrite the page from the shards' .jsonl results")
     parser.add_argument("--resume", action="store_true",
-                        help="keep this shard's .jsonl results and run only the runs it lacks "
-                             "(after a killed run)")
+                        help="keep this shard's .jsonl results and run only the runs no shard "
+                             "holds yet (after a killed run, or for a new variant)")
 
 
 def main() -> None:
@@ -284,13 +285,13 @@ def run_shard(plan: list[tuple[str, float, int]], steps: int, out: Path, k: int,
     """Run every ``n``-th ``(variant, sigma_n, seed)`` of ``plan`` from ``k``, appending each
     result to ``OUT.shardK.jsonl`` and rewriting the page from all shards' results after every
     run (so a killed run loses at most the run in progress). With ``resume`` the shard's
-    results so far are kept and the runs they hold are skipped."""
+    results so far are kept and the runs that any shard holds are skipped (so a plan that grew
+    a variant runs just that one, whichever shard it now falls to)."""
     mine = out.with_suffix(f".shard{k}.jsonl")
     for stale in out.parent.glob(out.stem + ".shard*.jsonl"):
         if (n == 1 or stale == mine) and not (resume and stale == mine):
             stale.unlink()
-    kept = mine.read_text(encoding="utf-8").splitlines() if mine.exists() else []
-    done = {(row["variant"], row["sigma_n"], row["seed"]) for row in map(json.loads, kept)}
+    done = {(row["variant"], row["sigma_n"], row["seed"]) for row in read_rows(out) if resume}
     text = ""
     with tempfile.TemporaryDirectory() as tmp:
         for name, sigma_n, seed in plan[k::n]:

@@ -83,6 +83,9 @@ METHODS = {
     "ambient_log_normal": Method(
         "ambient + consistency, own samples, log-normal levels", "ambient", True, ("full",),
         tuple(VARIANTS["  own samples, log-normal levels"][2].items())),
+    "ambient_mixed_levels": Method(
+        "ambient + consistency, own samples, mixed levels", "ambient", True, ("full",),
+        tuple(VARIANTS["  own samples, mixed levels"][2].items())),
     "ambient_cap1_no_consistency": Method(
         "ambient, no consistency, paper weighting (cap 1)", "ambient", False, ("full", "truncated"),
         settings=(("weight_cap", 1.0),)),

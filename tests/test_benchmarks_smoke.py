@@ -198,8 +198,8 @@ def test_consistency_seeds_are_paired(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_killed_shard_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--resume keeps the shard's results and runs only what they lack; without it the shard
-    starts over (and leaves the other shards' results alone)."""
+    """--resume keeps the shard's results and runs only what no shard holds yet; without it the
+    shard starts over (and leaves the other shards' results alone)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     ablation = importlib.import_module("consistency_ablation")
     ran: list[tuple[str, float, int]] = []
@@ -210,16 +210,16 @@ def test_a_killed_shard_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(ablation, "run_variant", fake_run)
     out = tmp_path / "page.md"
-    plan = [("a", 0.3, 0), ("b", 0.3, 0), ("c", 0.3, 0), ("d", 0.3, 0)]
-    (tmp_path / "page.shard1.jsonl").write_text('{"variant": "x", "sigma_n": 0.3, "seed": 0}\n')
+    plan = [(name, 0.3, 0) for name in "abcde"]  # shard 0 of 2: a, c, e
+    (tmp_path / "page.shard1.jsonl").write_text('{"variant": "c", "sigma_n": 0.3, "seed": 0}\n')
     (tmp_path / "page.shard0.jsonl").write_text('{"variant": "a", "sigma_n": 0.3, "seed": 0}\n')
     pages: list[int] = []
     ablation.run_shard(plan, 1, out, 0, 2, lambda rows: str(pages.append(len(rows))), resume=True)
-    assert ran == [("c", 0.3, 0)] and pages == [3]  # a kept, c run, x from the other shard
+    assert ran == [("e", 0.3, 0)] and pages == [3]  # a kept, c held by shard 1, e run
     ran.clear()
     ablation.run_shard(plan, 1, out, 0, 2, lambda rows: "", resume=False)
-    assert ran == [("a", 0.3, 0), ("c", 0.3, 0)]
-    assert len(ablation.read_rows(out)) == 3
+    assert ran == [("a", 0.3, 0), ("c", 0.3, 0), ("e", 0.3, 0)]
+    assert len(ablation.read_rows(out)) == 4  # shard 1's c is left alone
 
 
 def test_gaussian_fixed_point_of_the_refit(monkeypatch: pytest.MonkeyPatch) -> None:

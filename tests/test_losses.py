@@ -192,6 +192,13 @@ def _truncated_log_normal_median(lo: float, hi: float, p_mean: float, p_std: flo
     return math.exp(p_mean + p_std * normal.icdf((a + b) / 2).item())
 
 
+def _truncated_log_normal_cdf(x: float, lo: float, hi: float, p_mean: float, p_std: float) -> float:
+    """Closed-form P(sigma <= x) for ``ln sigma ~ N(p_mean, p_std^2)`` truncated to ``(lo, hi)``."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    a, b, c = (normal.cdf(torch.tensor((math.log(v) - p_mean) / p_std)).item() for v in (lo, hi, x))
+    return (c - a) / (b - a)
+
+
 def test_sample_log_normal_between_bounds_has_the_truncated_law():
     lo = torch.tensor([0.002, 0.05]).repeat_interleave(20_000)
     hi = torch.tensor([0.15, 0.3]).repeat_interleave(20_000)
@@ -388,13 +395,14 @@ def test_own_sample_loss_in_the_objective():
 def test_consistency_levels_follow_the_chosen_law(target):
     """levels="log-normal": the levels below sigma_n follow the objective's log-normal (here
     p_mean 0.5, p_std 0.7, passed through) truncated to (sigma_min, sigma_n); "log-uniform": the
-    median is the geometric mean of the bounds."""
+    median is the geometric mean of the bounds; "mixed": half of each, so P(sigma' <= that
+    geometric mean) = (F_lognormal(it) + 1/2) / 2."""
     from ambient.objective import ConsistencyConfig, consistency_rows
 
     n, s = 8000, 0.3
     y, sigma_n = torch.randn(n, 2), torch.full((n,), s)
     for levels, p_mean, p_std in (("log-normal", 0.5, 0.7), ("log-normal", -1.2, 1.2),
-                                  ("log-uniform", -1.2, 1.2)):
+                                  ("log-uniform", -1.2, 1.2), ("mixed", -1.2, 1.2)):
         seen = []
 
         def spy(x, sigma, seen=seen):
@@ -409,6 +417,11 @@ def test_consistency_levels_follow_the_chosen_law(target):
                          p_std=p_std)
         drawn = torch.cat(seen).double()
         assert bool((drawn >= cfg.sigma_min).all()) and bool((drawn <= s).all())
+        if levels == "mixed":
+            middle = math.sqrt(cfg.sigma_min * s)
+            below = (_truncated_log_normal_cdf(middle, cfg.sigma_min, s, p_mean, p_std) + 0.5) / 2
+            assert (drawn <= middle).double().mean().item() == pytest.approx(below, abs=0.03)
+            continue
         expected = (_truncated_log_normal_median(cfg.sigma_min, s, p_mean, p_std)
                     if levels == "log-normal" else math.sqrt(cfg.sigma_min * s))
         assert drawn.median().item() == pytest.approx(expected, rel=0.04), levels

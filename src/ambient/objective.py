@@ -62,9 +62,9 @@ class ConsistencyConfig:
     warmup: float = 0.0  # share of the training steps before the term switches on (warm start)
     sigma_min: float = 0.002  # lowest level trained by consistency
     weighting: Literal["none", "edm"] = "none"  # "edm": times lambda(sigma') / lambda(sigma_n)
-    # law of the levels drawn below sigma_n: log-uniform, or the objective's training log-normal
-    # (p_mean, p_std) truncated below sigma_n (see draw_levels)
-    levels: Literal["log-uniform", "log-normal"] = "log-uniform"
+    # law of the levels drawn below sigma_n: log-uniform, the objective's training log-normal
+    # (p_mean, p_std) truncated below sigma_n, or "mixed": either, half the rows each (draw_levels)
+    levels: Literal["log-uniform", "log-normal", "mixed"] = "log-uniform"
     teacher_grad: bool = False  # let gradients reach the teacher D(x, sigma)
     single_backward: bool = True  # gradient through one draw (doubled), second draw without graph
 
@@ -79,8 +79,8 @@ class ConsistencyConfig:
                   ("sigma_min", self.sigma_min > 0, "> 0"),
                   ("warmup", 0 <= self.warmup < 1, "in [0, 1)"),
                   ("schedule", self.schedule in ("geometric", "edm"), "'geometric' or 'edm'"),
-                  ("levels", self.levels in ("log-uniform", "log-normal"),
-                   "'log-uniform' or 'log-normal'")]
+                  ("levels", self.levels in ("log-uniform", "log-normal", "mixed"),
+                   "'log-uniform', 'log-normal' or 'mixed'")]
         for name, ok, rule in checks:
             if not ok:
                 raise AmbientError(f"{prefix}.{name} must be {rule}, got {getattr(self, name)}")
@@ -128,11 +128,17 @@ def draw_levels(lo: Tensor, hi: Tensor, cfg: ConsistencyConfig, generator: torch
     "log-uniform"), or EDM's log-normal ``ln sigma ~ N(p_mean, p_std^2)`` truncated to
     ``(lo, hi)`` ("log-normal": below sigma_n the term then sees the levels with the density
     that DSM on clean data trains them with, instead of spending about half its rows below
-    ``10 * sigma_min``, where ``D(x, sigma) ~ x`` leaves little to learn)."""
+    ``10 * sigma_min``, where ``D(x, sigma) ~ x`` leaves little to learn), or "mixed": each
+    element from one of the two with probability 1/2, the density ``(p_lognormal + p_loguniform)
+    / 2`` (the log-normal's rows near sigma_n, the log-uniform's down to ``lo``)."""
+    if cfg.levels == "log-uniform":
+        return log_uniform(lo, hi, generator)
+    sigma = sample_log_normal(lo, hi, p_mean, p_std, generator)
+    sigma = torch.minimum(torch.maximum(sigma, lo), hi).to(lo.dtype)
     if cfg.levels == "log-normal":
-        sigma = sample_log_normal(lo, hi, p_mean, p_std, generator)
-        return torch.minimum(torch.maximum(sigma, lo), hi).to(lo.dtype)
-    return log_uniform(lo, hi, generator)
+        return sigma
+    pick = torch.rand(lo.shape, generator=generator, device=lo.device) < 0.5
+    return torch.where(pick, sigma, log_uniform(lo, hi, generator))
 
 
 @torch.no_grad()
