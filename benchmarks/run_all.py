@@ -35,8 +35,9 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
     ("consistency_seeds.md", "Gaussian mixture: the close consistency options over three seeds",
      ["consistency_seeds.py"]),
     *[(f"consistency_levels{tag}.md", f"Gaussian mixture: the consistency term's levels below "
-       f"sigma_n, log-uniform vs log-normal{title}",
-       ["consistency_seeds.py", *budget, "--candidates", "none", "log-uniform", "log-normal"])
+       f"sigma_n, log-uniform vs log-normal vs mixed{title}",
+       ["consistency_seeds.py", *budget, "--candidates", "none", "log-uniform", "log-normal",
+        "mixed"])
       for tag, title, budget in [
           ("", " (the default), three seeds", []),
           ("_budget", ", at four times the training budget",
@@ -86,6 +87,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
       for tag, prefix, title in [("", "", ""), ("_cap1", "_cap1", ", paper's ambient weighting "
                                                "(weight cap 1)")]
       for seed in (0, 1, 2)],
+    ("digits_unet_6000_mixed_s0.md", "Digits with a small UNet at four times the training budget "
+     "(6000 steps): the consistency term's levels below sigma_n, mixed (half log-normal, half "
+     "log-uniform), seed 0",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "--steps", "6000",
+      "--methods", "ambient_mixed_levels"]),
     ("digits_unet_options.md", "Digits with a small UNet: other consistency options (one seed)",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--methods",
       "ambient_no_consistency", "ambient_previous", "ambient_two_draws", "ambient_3_steps",
@@ -104,6 +110,7 @@ GPU_SECTIONS = [  # (results page, title): written on a GPU by the command each 
 COMMAND = {page: command for page, _, command in SECTIONS}
 PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra arguments)
     *[(f"digits_unet_6000{tag}_s{seed}.md", []) for tag in ("", "_cap1") for seed in (0, 1, 2)],
+    ("digits_unet_6000_mixed_s0.md", []),
     ("exact_teacher_0.15.md", []),
     ("consistency_plateau.md", []),
     ("consistency.md", ["--shard", "0/2"]),

@@ -73,12 +73,15 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
         assert label in seeds, label
     levels = (tmp_path / "consistency_levels.md").read_text(encoding="utf-8")
     for label in ("| own samples, log-uniform levels | 0.3 | 1 |",
-                  "| own samples, log-normal levels | 0.3 | 1 |", "levels=log-normal"):
+                  "| own samples, log-normal levels | 0.3 | 1 |",
+                  "| own samples, mixed levels | 0.3 | 1 |", "levels=log-normal"):
         assert label in levels, label
     levels = (tmp_path / "consistency_levels_budget.md").read_text(encoding="utf-8")
     assert "| own samples, log-normal levels | 0.15 | 1 |" in levels and "--steps 6000" in levels
     levels = (tmp_path / "digits_unet_levels.md").read_text(encoding="utf-8")
     assert "log-uniform levels | full" in levels and "log-normal levels | full" in levels
+    mixed = (tmp_path / "digits_unet_6000_mixed_s0.md").read_text(encoding="utf-8")
+    assert "own samples, mixed levels | full" in mixed
     budget = (tmp_path / "consistency_budget.md").read_text(encoding="utf-8")
     assert "| own samples, 3 ODE steps | 0.15 | 1 |" in budget and "--steps 6000" in budget
     long = (tmp_path / "consistency_long.md").read_text(encoding="utf-8")
