@@ -260,7 +260,7 @@ def add_shard_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--assemble", action="store_true",
                         help="only rewrite the page from the shards' .jsonl results")
     parser.add_argument("--resume", action="store_true",
-                        help="keep this shard's .jsonl results and run only the runs no shard "
+                        help="keep the shards' .jsonl results and run only the runs no shard "
                              "holds yet (after a killed run, or for a new variant)")
 
 
@@ -284,12 +284,12 @@ def run_shard(plan: list[tuple[str, float, int]], steps: int, out: Path, k: int,
               write_page: Callable[[list[dict[str, object]]], str], resume: bool = False) -> None:
     """Run every ``n``-th ``(variant, sigma_n, seed)`` of ``plan`` from ``k``, appending each
     result to ``OUT.shardK.jsonl`` and rewriting the page from all shards' results after every
-    run (so a killed run loses at most the run in progress). With ``resume`` the shard's
-    results so far are kept and the runs that any shard holds are skipped (so a plan that grew
+    run (so a killed run loses at most the run in progress). With ``resume`` every shard's
+    results so far are kept and the runs they hold are skipped (so a plan that grew
     a variant runs just that one, whichever shard it now falls to)."""
     mine = out.with_suffix(f".shard{k}.jsonl")
     for stale in out.parent.glob(out.stem + ".shard*.jsonl"):
-        if (n == 1 or stale == mine) and not (resume and stale == mine):
+        if not resume and (n == 1 or stale == mine):
             stale.unlink()
     done = {(row["variant"], row["sigma_n"], row["seed"]) for row in read_rows(out) if resume}
     text = ""
