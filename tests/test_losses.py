@@ -185,17 +185,23 @@ def test_sample_sigma_above_is_strictly_above_and_edm_at_zero():
         losses.sample_sigma_above(torch.tensor([80.0]))
 
 
+_NORMAL = torch.distributions.Normal(0.0, 1.0)
+
+
+def _log_normal_cdf(x: float, p_mean: float, p_std: float) -> float:
+    """P(sigma <= x) for ``ln sigma ~ N(p_mean, p_std^2)``."""
+    return _NORMAL.cdf(torch.tensor((math.log(x) - p_mean) / p_std)).item()
+
+
 def _truncated_log_normal_median(lo: float, hi: float, p_mean: float, p_std: float) -> float:
     """Closed-form median of ``ln sigma ~ N(p_mean, p_std^2)`` truncated to ``(lo, hi)``."""
-    normal = torch.distributions.Normal(0.0, 1.0)
-    a, b = (normal.cdf(torch.tensor((math.log(x) - p_mean) / p_std)) for x in (lo, hi))
-    return math.exp(p_mean + p_std * normal.icdf((a + b) / 2).item())
+    a, b = (_log_normal_cdf(x, p_mean, p_std) for x in (lo, hi))
+    return math.exp(p_mean + p_std * _NORMAL.icdf(torch.tensor((a + b) / 2)).item())
 
 
 def _truncated_log_normal_cdf(x: float, lo: float, hi: float, p_mean: float, p_std: float) -> float:
     """Closed-form P(sigma <= x) for ``ln sigma ~ N(p_mean, p_std^2)`` truncated to ``(lo, hi)``."""
-    normal = torch.distributions.Normal(0.0, 1.0)
-    a, b, c = (normal.cdf(torch.tensor((math.log(v) - p_mean) / p_std)).item() for v in (lo, hi, x))
+    a, b, c = (_log_normal_cdf(v, p_mean, p_std) for v in (lo, hi, x))
     return (c - a) / (b - a)
 
 
