@@ -231,7 +231,9 @@ def gap_closed(results: Sequence[RunResult], suffix: str = "") -> str:
         share = (truncated[key] - r.frechet[full]) / gap if gap > 0 else None
         shares.setdefault((r.method.label, r.sigma_n), []).append(share)
     if not shares:
-        return "(the oracle or the truncated samples have not run yet)"
+        return ("(the oracle has not run yet)" if not oracle else
+                "(no truncated samples on this page so far: only the models without consistency "
+                "sample truncated, so this share needs one of them in --methods)")
     lines = []
     for (label, sigma_n), v in shares.items():
         known = [x for x in v if x is not None]

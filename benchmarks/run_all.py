@@ -91,7 +91,7 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "(6000 steps): the consistency term's levels below sigma_n, mixed (half log-normal, half "
      "log-uniform), seed 0",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "--steps", "6000",
-      "--methods", "ambient_mixed_levels"]),
+      "--methods", "ambient_no_consistency", "ambient_mixed_levels"]),
     ("digits_unet_options.md", "Digits with a small UNet: other consistency options (one seed)",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--methods",
       "ambient_no_consistency", "ambient_previous", "ambient_two_draws", "ambient_3_steps",

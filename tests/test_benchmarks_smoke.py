@@ -167,6 +167,10 @@ def test_digits_seeds_are_summarised(monkeypatch: pytest.MonkeyPatch) -> None:
     gaps = digits.gap_closed(results)
     assert "closes 0.65 ± 0.21 of the gap (per seed: 0.50, 0.80, no gap)" in gaps
     assert "(no gap: on that seed truncated sampling already scores" in gaps and "nan" not in gaps
+    # a page without a model that samples truncated says why it has no share, not "not run yet"
+    assert digits.gap_closed(results[1:2]) == "(the oracle has not run yet)"
+    assert "only the models without consistency sample truncated" in digits.gap_closed(
+        [results[0], results[2]])
 
 
 def test_consistency_seeds_are_paired(monkeypatch: pytest.MonkeyPatch) -> None:
