@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/ambient demo --out $(DEMO_OUT)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=5
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
