@@ -183,6 +183,27 @@ def run(page: str, extra: list[str], quick: bool, results: Path) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
+# options of a rerun line that set how a page runs, not what it measures: the smoke budget,
+# the output, the processes, the step-cost timing's repetitions (number of values they take)
+RUN_OPTIONS = {"--quick": 0, "--resume": 0, "--out": 1, "--shard": 1, "--rounds": 1}
+
+
+def rerun_command(text: str) -> list[str] | None:
+    """The script and arguments of a page's "Rerun: `python benchmarks/...`" line, less the
+    options of RUN_OPTIONS; None for a page without one."""
+    found = re.search(r"Rerun: `python benchmarks/([^`]*)`", text)
+    if found is None:
+        return None
+    tokens, kept = found.group(1).split(), []
+    while tokens:
+        token = tokens.pop(0)
+        if token in RUN_OPTIONS:
+            del tokens[:RUN_OPTIONS[token]]
+        else:
+            kept.append(token)
+    return kept
+
+
 def assemble(results: Path, out: Path) -> Path:
     """Write ``out`` from the pages in ``results`` (image links made relative to ``out``)."""
     timing = results / "run_all_seconds.txt"
@@ -211,6 +232,10 @@ def assemble(results: Path, out: Path) -> Path:
             text = (f"> Not made with the current defaults (this page states other ones, or "
                     f"none): its rows called the default are the default of its time. Rerun: "
                     f"`python benchmarks/{' '.join(COMMAND[name])}`.\n\n{text}")
+        if path.exists() and name in COMMAND and rerun_command(text) not in (None, COMMAND[name]):
+            text = (f"> Made with another command than run_all's (the page's rerun line names "
+                    f"it); run_all now runs `python benchmarks/{' '.join(COMMAND[name])}`."
+                    f"\n\n{text}")
         text = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M)  # its headings one level down
         text = re.sub(r"(!\[[^\]]*\]\()(?!https?:|/)", rf"\1{prefix}/", text)
         parts += [f"## {title}", "", text, ""]

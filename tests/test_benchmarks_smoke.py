@@ -115,6 +115,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     stand_ins = {title for page, title, _ in run_all.SECTIONS
                  if "would repeat" in (tmp_path / page).read_text(encoding="utf-8")}
     assert marked == stand_ins and len(stand_ins) == 6
+    assert "> Made with another command" not in results  # --quick, --out, --shard: same command
 
 
 def test_results_mark_pages_made_with_other_defaults(tmp_path: Path,
@@ -135,6 +136,23 @@ def test_results_mark_pages_made_with_other_defaults(tmp_path: Path,
     assert marker not in sections["Training-step cost of every objective and consistency option"]
     assert "not run yet" in sections["Digits: sample quality (Frechet distance) and the denoising "
                                      "table"]  # a missing page is not marked
+
+    # a page whose rerun line runs other arguments than run_all's command is marked
+    command = " ".join(run_all.COMMAND["digits_unet.md"])
+    (tmp_path / "digits_unet.md").write_text(
+        f"Rerun: `python benchmarks/{command} --out x.md --quick`. {defaults_summary()}\n",
+        encoding="utf-8")
+    (tmp_path / "digits_unet_options.md").write_text(
+        f"Rerun: `python benchmarks/digits_benchmark.py --net unet`. {defaults_summary()}\n",
+        encoding="utf-8")
+    text = run_all.assemble(tmp_path, tmp_path / "RESULTS.md").read_text(encoding="utf-8")
+    sections = {s.split("\n", 1)[0]: s for s in text.split("\n## ")[1:]}
+    other = "> Made with another command than run_all's"
+    assert other not in sections["Digits with a small UNet (a near-exact clean oracle), sigma_n = "
+                                 "0.2, three seeds"]
+    options = sections["Digits with a small UNet: other consistency options (one seed)"]
+    assert other in options and "run_all now runs `python benchmarks/digits_benchmark.py " \
+        "--net unet --sigmas 0.2 --methods" in options
 
 
 def test_digits_seeds_are_summarised(monkeypatch: pytest.MonkeyPatch) -> None:
