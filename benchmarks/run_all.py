@@ -228,11 +228,12 @@ def assemble(results: Path, out: Path) -> Path:
         text = (path.read_text(encoding="utf-8") if path.exists()
                 else f"(not run yet: {path} is missing)")
         text = re.sub(r"^#+ .*\n", "", text, count=1)  # the page's own title
+        command = rerun_command(text)
         if path.exists() and name in COMMAND and current not in text:
             text = (f"> Not made with the current defaults (this page states other ones, or "
                     f"none): its rows called the default are the default of its time. Rerun: "
                     f"`python benchmarks/{' '.join(COMMAND[name])}`.\n\n{text}")
-        if path.exists() and name in COMMAND and rerun_command(text) not in (None, COMMAND[name]):
+        if name in COMMAND and command not in (None, COMMAND[name]):
             text = (f"> Made with another command than run_all's (the page's rerun line names "
                     f"it); run_all now runs `python benchmarks/{' '.join(COMMAND[name])}`."
                     f"\n\n{text}")

@@ -142,8 +142,8 @@ def test_results_mark_pages_made_with_other_defaults(tmp_path: Path,
     (tmp_path / "digits_unet.md").write_text(
         f"Rerun: `python benchmarks/{command} --out x.md --quick`. {defaults_summary()}\n",
         encoding="utf-8")
-    (tmp_path / "digits_unet_options.md").write_text(
-        f"Rerun: `python benchmarks/digits_benchmark.py --net unet`. {defaults_summary()}\n",
+    (tmp_path / "digits_unet_options.md").write_text(  # and made with other defaults
+        "Rerun: `python benchmarks/digits_benchmark.py --net unet`. levels=log-uniform\n",
         encoding="utf-8")
     text = run_all.assemble(tmp_path, tmp_path / "RESULTS.md").read_text(encoding="utf-8")
     sections = {s.split("\n", 1)[0]: s for s in text.split("\n## ")[1:]}
@@ -151,8 +151,9 @@ def test_results_mark_pages_made_with_other_defaults(tmp_path: Path,
     assert other not in sections["Digits with a small UNet (a near-exact clean oracle), sigma_n = "
                                  "0.2, three seeds"]
     options = sections["Digits with a small UNet: other consistency options (one seed)"]
-    assert other in options and "run_all now runs `python benchmarks/digits_benchmark.py " \
-        "--net unet --sigmas 0.2 --methods" in options
+    assert other in options and marker in options
+    assert "run_all now runs `python benchmarks/digits_benchmark.py --net unet --sigmas 0.2 " \
+        "--methods" in options
 
 
 def test_digits_seeds_are_summarised(monkeypatch: pytest.MonkeyPatch) -> None:
