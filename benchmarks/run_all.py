@@ -229,14 +229,14 @@ def assemble(results: Path, out: Path) -> Path:
                 else f"(not run yet: {path} is missing)")
         text = re.sub(r"^#+ .*\n", "", text, count=1)  # the page's own title
         command = rerun_command(text)
-        if path.exists() and name in COMMAND and current not in text:
+        ours = f"`python benchmarks/{' '.join(COMMAND[name])}`" if name in COMMAND else None
+        if path.exists() and ours and current not in text:
             text = (f"> Not made with the current defaults (this page states other ones, or "
                     f"none): its rows called the default are the default of its time. Rerun: "
-                    f"`python benchmarks/{' '.join(COMMAND[name])}`.\n\n{text}")
-        if name in COMMAND and command not in (None, COMMAND[name]):
+                    f"{ours}.\n\n{text}")
+        if ours and command not in (None, COMMAND[name]):
             text = (f"> Made with another command than run_all's (the page's rerun line names "
-                    f"it); run_all now runs `python benchmarks/{' '.join(COMMAND[name])}`."
-                    f"\n\n{text}")
+                    f"it); run_all now runs {ours}.\n\n{text}")
         text = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M)  # its headings one level down
         text = re.sub(r"(!\[[^\]]*\]\()(?!https?:|/)", rf"\1{prefix}/", text)
         parts += [f"## {title}", "", text, ""]
