@@ -40,6 +40,7 @@ from ambient.objective import ObjectiveConfig
 from ambient.train import load_run, train
 
 GMM = "gmm:dim=2,components=6,n=16384,seed=0,scale=0.1,spread=1.0"
+QUICK_STEPS = 60  # training steps of every mixture model in a smoke run (--quick)
 SAMPLES = 4000  # samples per model for the covariance error and the sliced Wasserstein distance
 # the two-draw estimator (measured, like every two-draw option, without the warm start)
 PAIRS = {"start": "ambient", "target": "below", "substeps": 6, "warmup": 0.0}
@@ -253,7 +254,7 @@ def plan_for(quick: bool) -> list[tuple[str, float]]:
 
 def add_shard_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     """The options of a sharded mixture benchmark: --quick, --steps, --shard, --out, --assemble."""
-    parser.add_argument("--quick", action="store_true", help="smoke run: 200 steps")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--shard", default="0/1", help="K/N: run every N-th run from K")
     parser.add_argument("--out", default=out)
@@ -269,7 +270,7 @@ def main() -> None:
     add_shard_arguments(parser, "benchmarks/results/consistency.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    steps = args.steps or (200 if args.quick else 1500)
+    steps = args.steps or (QUICK_STEPS if args.quick else 1500)
     k, n = (int(p) for p in args.shard.split("/"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,9 +35,7 @@ from ambient.nets import build_denoiser
 from ambient.objective import training_loss
 from ambient.samplers import sample
 from ambient.train import DatasetLoss
-from consistency_ablation import PAIRS
-
-GMM = "gmm:dim=2,components=6,n=16384,seed=0,scale=0.1,spread=1.0"
+from consistency_ablation import GMM, PAIRS, QUICK_STEPS
 
 
 class ExactAbove(nn.Module):
@@ -150,14 +148,14 @@ def run(mode: str, sigma_n: float, steps: int, root: Path, two_draws: bool = Fal
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 100 steps")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps")
     parser.add_argument("--sigma-n", type=float, default=0.3)
     parser.add_argument("--budgets", type=int, nargs="+", default=[1500, 6000],
                         help="training steps of the rows (the two-draw rows: the first)")
     parser.add_argument("--out", default="benchmarks/results/exact_teacher.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    budgets = [100] if args.quick else args.budgets
+    budgets = [QUICK_STEPS] if args.quick else args.budgets
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(mode, args.sigma_n, steps, Path(tmp)) for steps in budgets

@@ -23,7 +23,7 @@ import torch
 
 from ambient.defaults import default_train_config, defaults_summary
 from ambient.evaluate.report import Report, command_line
-from consistency_ablation import GMM, MAIN, run_variant
+from consistency_ablation import GMM, MAIN, QUICK_STEPS, run_variant
 from consistency_exact_teacher import run
 
 SIGMA_N = 0.15
@@ -54,11 +54,11 @@ def plateau_row(model: str, lr: float | None, ode_steps: int | None, steps: int,
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 100 steps")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps")
     parser.add_argument("--out", default="benchmarks/results/consistency_plateau.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    steps = 100 if args.quick else 6000
+    steps = QUICK_STEPS if args.quick else 6000
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for model, lr, ode_steps in PLAN:

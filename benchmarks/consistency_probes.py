@@ -48,7 +48,7 @@ from ambient.graphs import GraphedInference
 from ambient.losses import Denoiser, as_levels, dsm_loss, own_samples
 from ambient.noise import add_noise_ve
 from ambient.objective import log_uniform
-from consistency_ablation import GMM, VARIANTS, run_variant
+from consistency_ablation import GMM, QUICK_STEPS, VARIANTS, run_variant
 
 SIGMA_N = 0.3
 DEFAULT = "ambient + consistency (default: own samples)"
@@ -282,12 +282,12 @@ def trained_rows(steps: int, root: Path) -> list[dict[str, object]]:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 100 steps")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps")
     parser.add_argument("--out", type=Path,
                         default=Path("benchmarks/results/consistency_probes.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    steps = 100 if args.quick else 1500
+    steps = QUICK_STEPS if args.quick else 1500
     report = Report("Probes of the own-sample consistency fixed point")
     report.text(f"Rerun: `python benchmarks/consistency_probes.py{' --quick' if args.quick else ''}`"
                 f". Mixture {GMM}. {__doc__.split(chr(10) + chr(10))[1]} {defaults_summary()}")

@@ -22,6 +22,7 @@ from ambient.defaults import defaults_summary
 from consistency_ablation import (
     GMM,
     MAIN,
+    QUICK_STEPS,
     SHARDS_HINT,
     SIGMAS,
     add_shard_arguments,
@@ -117,8 +118,8 @@ def main() -> None:
                         default=CLOSE_OPTIONS)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    # --quick (the smoke run) overrides the budget: 200 steps, one seed, the first sigma_n
-    steps = 200 if args.quick else args.steps or 1500
+    # --quick (the smoke run) overrides the budget: QUICK_STEPS steps, one seed, the first sigma_n
+    steps = QUICK_STEPS if args.quick else args.steps or 1500
     seeds = [0] if args.quick else args.seeds or [0, 1, 2]
     sigmas = (args.sigmas or list(SIGMAS))[:1 if args.quick else None]
     k, n = (int(p) for p in args.shard.split("/"))

@@ -42,8 +42,8 @@ from ambient.train import TrainConfig, load_run, train
 from consistency_ablation import PAIRS, PREVIOUS, VARIANTS
 
 SIGMAS = (0.1, 0.2, 0.4)
-STEPS, QUICK_STEPS = {"mlp": 4000, "unet": 1500}, 150  # training steps per model, by network
-NUM, QUICK_NUM = 1000, 200  # samples per model and sampling mode
+STEPS, QUICK_STEPS = {"mlp": 4000, "unet": 1500}, 20  # training steps per model, by network
+NUM, QUICK_NUM = 1000, 100  # samples per model and sampling mode
 SAMPLER_STEPS = 32  # Heun levels per sample
 PIXEL_GROUPS = ((0.0, 0.05), (0.05, 0.3), (0.3, math.inf))  # bins of the clean per-pixel std
 SCRIPT = "benchmarks/digits_benchmark.py"

@@ -180,7 +180,9 @@ def run(page: str, extra: list[str], quick: bool, results: Path) -> None:
            out_argument(results / page)]
     if quick and script != "step_cost.py":
         cmd.append("--quick")
+    start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
+    print(f"run_all: {page} {' '.join(extra)} took {time.perf_counter() - start:.0f} s", flush=True)
 
 
 # options of a rerun line that set how a page runs, not what it measures: the smoke budget,
