@@ -44,7 +44,6 @@ from ambient.data import GaussianMixture, parse_gmm_spec
 from ambient.defaults import defaults_summary
 from ambient.evaluate import component_covariance_error, core_spread
 from ambient.evaluate.report import Report
-from ambient.graphs import GraphedInference
 from ambient.losses import Denoiser, as_levels, dsm_loss, own_samples
 from ambient.noise import add_noise_ve
 from ambient.objective import log_uniform
@@ -90,11 +89,12 @@ def ema_draws(halflife: float, extrapolate: float = 1.0) -> Draws:
     def draws(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, lift: float = 1.1,
               steps: int = 8, sigma_min: float = 0.002,
               generator: torch.Generator | None = None, rho: float = math.inf) -> Tensor:
-        # training passes the model, or on a GPU its GraphedInference (the model is its .fn)
-        model = denoiser.fn if isinstance(denoiser, GraphedInference) else denoiser
-        ema = state.setdefault("ema", copy.deepcopy(model).requires_grad_(False))
+        if not isinstance(denoiser, torch.nn.Module):  # training passes the model on a CPU
+            raise TypeError("the EMA probe needs the model's parameters: train on a CPU or "
+                            "with cuda_graphs off")
+        ema = state.setdefault("ema", copy.deepcopy(denoiser).requires_grad_(False))
         with torch.no_grad():
-            for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            for e, p in zip(ema.parameters(), denoiser.parameters(), strict=True):
                 e.lerp_(p, 1 - 0.5 ** (1 / halflife))
         start = generator.get_state() if generator is not None else None
         lagged = own_samples(ema, y, sigma_n, lift, steps, sigma_min, generator, rho)

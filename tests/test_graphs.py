@@ -67,3 +67,21 @@ def test_own_samples_through_graphs_equal_eager_ones() -> None:
              for d in (graphed, model)]
     torch.testing.assert_close(draws[0], draws[1], rtol=1e-4, atol=1e-4)
     assert len(graphed.recorded) == 1
+
+
+@cuda
+def test_dataset_loss_graphs_a_cuda_model_once() -> None:
+    """On a GPU the objective gets the model's GraphedInference, the same one while the engine
+    passes the same model; off cuda_graphs, the model itself."""
+    from ambient.data import resolve_dataset
+    from ambient.objective import ObjectiveConfig
+    from ambient.train import DatasetLoss
+
+    model = build_denoiser((1, 8, 8), kind="unet").cuda()
+    dataset = resolve_dataset("digits", 0.2)
+    loss_fn = DatasetLoss(dataset, ObjectiveConfig(), total_steps=10)
+    graphed = loss_fn.denoiser(model)
+    assert isinstance(graphed, GraphedInference) and graphed.fn is model
+    assert loss_fn.denoiser(model) is graphed
+    plain = DatasetLoss(dataset, ObjectiveConfig(), total_steps=10, cuda_graphs=False)
+    assert plain.denoiser(model) is model

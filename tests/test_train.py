@@ -110,6 +110,18 @@ def test_consistency_switches_on_after_the_warm_start(vectors):
     assert on == [False] * 5 + [True] * 5
 
 
+def test_dataset_loss_passes_the_model_itself_off_a_gpu(vectors):
+    """CUDA graphs replay only on a GPU: on a CPU the objective gets the model (an EMA draw
+    needs its parameters), with or without cuda_graphs."""
+    from ambient.nets import MLP, MLPConfig
+    from ambient.precond import EDMPrecond
+
+    model = EDMPrecond(MLP(2, MLPConfig(hidden=8, depth=1)), 0.5)
+    for cuda_graphs in (True, False):
+        loss_fn = DatasetLoss(vectors, ObjectiveConfig(), total_steps=10, cuda_graphs=cuda_graphs)
+        assert loss_fn.denoiser(model) is model
+
+
 def test_train_then_load_run(tmp_path, vectors):
     model = train(_config(), vectors, tmp_path, progress=False)
     denoiser, config = load_run(tmp_path)

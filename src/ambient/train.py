@@ -127,9 +127,10 @@ class DatasetLoss:
                              generator)
 
     def denoiser(self, model: nn.Module) -> Denoiser:
-        """``model``, or its :class:`GraphedInference` (kept while the engine passes the same
-        model, so each graph is recorded once)."""
-        if not self.cuda_graphs:
+        """``model`` itself off a GPU or without ``cuda_graphs`` (a draw that needs its
+        parameters, such as an EMA of them, gets them), else its :class:`GraphedInference`
+        (kept while the engine passes the same model, so each graph is recorded once)."""
+        if not self.cuda_graphs or next(model.parameters()).device.type != "cuda":
             return model
         if self.graphed is None or self.graphed.eager is not model:
             self.graphed = GraphedInference(getattr(model, "module", model), model)
