@@ -88,11 +88,12 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "| ambient + consistency (default: own samples) | 0.15 | 1 |" in long
     assert "--steps 24000" in long
 
+    steps = importlib.import_module("consistency_ablation").QUICK_STEPS  # every mixture page's
     teacher = (tmp_path / "exact_teacher.md").read_text(encoding="utf-8")
-    assert "| learned | 0.3 | 100 |" in teacher and "| exact teacher | 0.3 | 100 |" in teacher
+    assert f"| learned | 0.3 | {steps} |" in teacher and f"| exact teacher | 0.3 | {steps} |" in teacher
     assert "| <= 1.25 sigma_n | 20 |" in teacher
     teacher = (tmp_path / "exact_teacher_0.15.md").read_text(encoding="utf-8")
-    assert "| exact teacher | 0.15 | 100 |" in teacher and "--sigma-n 0.15 --budgets" in teacher
+    assert f"| exact teacher | 0.15 | {steps} |" in teacher and "--sigma-n 0.15 --budgets" in teacher
     plateau = (tmp_path / "consistency_plateau.md").read_text(encoding="utf-8")
     for label in ("| exact teacher | 0.002 | 6 |", "| exact teacher | 0.0005 | 24 |",
                   "| learned | 0.0005 | 6 |", "| oracle | 0.0005 | - |"):
