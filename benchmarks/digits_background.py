@@ -39,6 +39,7 @@ from digits_benchmark import (
     NUM,
     ORACLE,
     QUICK_NUM,
+    QUICK_SAMPLER_STEPS,
     QUICK_STEPS,
     SAMPLER_STEPS,
     STEPS,
@@ -67,8 +68,9 @@ def scores(images: Tensor, extract: DigitsFeatures, test_feats: Tensor) -> dict[
             "border spread": next(iter(pixel_spread(images).values()))}  # first group
 
 
-def rows(steps: int, num: int, root: Path) -> list[dict[str, object]]:
-    """Reference rows (clean digits, plus noise), then every model at every stopping level."""
+def rows(steps: int, num: int, sampler_steps: int, root: Path) -> list[dict[str, object]]:
+    """Reference rows (clean digits, plus noise), then every model at every stopping level
+    (``sampler_steps`` Heun levels)."""
     extract = DigitsFeatures()
     test_feats = extract(load_digits("test"))
     clean = load_digits("train")
@@ -86,7 +88,7 @@ def rows(steps: int, num: int, root: Path) -> list[dict[str, object]]:
               resolve_dataset("digits", sigma_n, seed=0), run_dir, progress=False)
         denoiser, _ = load_run(run_dir)
         for stop in (SIGMA_N, SIGMA_N / 2, SIGMA_N / 4, None):
-            drawn = sample(denoiser, (num, *clean.shape[1:]), SAMPLER_STEPS, truncate_at=stop,
+            drawn = sample(denoiser, (num, *clean.shape[1:]), sampler_steps, truncate_at=stop,
                            generator=torch.Generator().manual_seed(0))
             output = "full (to 0)" if stop is None else f"D(x, {stop:g})"
             out.append({"samples": label, "output": output,
@@ -102,14 +104,15 @@ def main(argv: list[str] | None = None) -> Path:
                         default=Path("benchmarks/results/digits_background.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    steps, num = (QUICK_STEPS, QUICK_NUM) if args.quick else (STEPS["unet"], NUM)
+    steps, num, sampler_steps = ((QUICK_STEPS, QUICK_NUM, QUICK_SAMPLER_STEPS) if args.quick
+                                 else (STEPS["unet"], NUM, SAMPLER_STEPS))
     report = Report("Where the default's Frechet gap on the digits comes from")
     report.text(f"Rerun: `python benchmarks/digits_background.py{' --quick' if args.quick else ''}`"
                 f". {steps} training steps per model, {num} samples per row (seed 0), sigma_n = "
-                f"{SIGMA_N:g}. " + " ".join(__doc__.split("\n\n")[1:3]) + " "
+                f"{SIGMA_N:g}, {sampler_steps}-level Heun. " + " ".join(__doc__.split("\n\n")[1:3]) + " "
                 + defaults_summary())
     with tempfile.TemporaryDirectory() as root:
-        table = rows(steps, num, Path(root))
+        table = rows(steps, num, sampler_steps, Path(root))
     report.table(table, COLUMNS)
     return report.write(args.out, html=False)
 

@@ -44,7 +44,7 @@ from consistency_ablation import PAIRS, PREVIOUS, VARIANTS
 SIGMAS = (0.1, 0.2, 0.4)
 STEPS, QUICK_STEPS = {"mlp": 4000, "unet": 1500}, 20  # training steps per model, by network
 NUM, QUICK_NUM = 1000, 100  # samples per model and sampling mode
-SAMPLER_STEPS = 32  # Heun levels per sample
+SAMPLER_STEPS, QUICK_SAMPLER_STEPS = 32, 8  # Heun levels per sample
 PIXEL_GROUPS = ((0.0, 0.05), (0.05, 0.3), (0.3, math.inf))  # bins of the clean per-pixel std
 SCRIPT = "benchmarks/digits_benchmark.py"
 
@@ -149,16 +149,18 @@ def train_config(method: Method, steps: int, sigma_n: float, net: str = "mlp",
 
 
 def run_method(name: str, method: Method, sigma_n: float, steps: int, num: int, runs: Path,
-               figures: Path, net: str = "mlp", seed: int = 0, grids: bool = True) -> RunResult:
+               figures: Path, net: str = "mlp", seed: int = 0, grids: bool = True,
+               sampler_steps: int = SAMPLER_STEPS) -> RunResult:
     """Train ``method`` (engine seed ``seed``) on the digits corrupted once at ``sigma_n``, then
-    sample (seed ``seed``) and score it; with ``grids``, save its first 64 samples as PNGs."""
+    sample (seed ``seed``, ``sampler_steps`` Heun levels) and score it; with ``grids``, save its
+    first 64 samples as PNGs."""
     run_dir = runs / f"{name}_sigma{sigma_n:g}_seed{seed}"
     start = time.perf_counter()
     train(train_config(method, steps, sigma_n, net, seed),
           resolve_dataset("digits", sigma_n, seed=0), run_dir, progress=False)
     seconds = time.perf_counter() - start
     denoiser, config = load_run(run_dir)
-    metrics = evaluate_run(denoiser, config, num=num, steps=SAMPLER_STEPS, seed=seed,
+    metrics = evaluate_run(denoiser, config, num=num, steps=sampler_steps, seed=seed,
                            modes=method.modes)
     pngs = {mode: save_grid(drawn[:64], figures / f"{name}_sigma{sigma_n:g}_{mode}.png")
             for mode, drawn in metrics.drawn.items()} if grids else {}
@@ -325,7 +327,7 @@ def claim_summary(results: Sequence[RunResult]) -> str:
 def write_report(results: Sequence[RunResult], references: tuple[dict[float, float],
                                                                  dict[float, Path]],
                  rerun: str, steps: int, num: int, seconds: float, out: Path,
-                 net: str = "mlp") -> Path:
+                 net: str = "mlp", sampler_steps: int = SAMPLER_STEPS) -> Path:
     """Render ``out`` (markdown, images relative to it) from the runs finished so far."""
     frechet, data_grids = references
     report = Report("Digits benchmark: sample quality and denoising from noisy digits")
@@ -341,7 +343,7 @@ def write_report(results: Sequence[RunResult], references: tuple[dict[float, flo
                 f"`default_train_config('digits')` (batch 128, lr 1e-3, EMA) with "
                 f"{'its MLP 256x4' if NETS[net] is None else f'the network {NETS[net]}'}, "
                 f"trained for {steps} steps; EMA weights are evaluated. Samples: {num} per model and "
-                f"mode, {SAMPLER_STEPS}-level Heun from sigma_max = 80; full sampling runs to 0, "
+                f"mode, {sampler_steps}-level Heun from sigma_max = 80; full sampling runs to 0, "
                 f"truncated sampling stops at sigma_n and outputs D(x, sigma_n).")
     report.text(defaults_summary())
     report.heading("Frechet distance to the held-out clean digits (digits features; lower is "
@@ -414,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     # --quick (the smoke run) overrides the budget given by --steps / --num
     steps = QUICK_STEPS if args.quick else args.steps or STEPS[args.net]
     num = QUICK_NUM if args.quick else args.num or NUM
+    sampler_steps = QUICK_SAMPLER_STEPS if args.quick else SAMPLER_STEPS
     seeds = args.seeds[:1] if args.quick else args.seeds
     rerun = command_line(SCRIPT, argv)
     figures = args.out.with_suffix("")
@@ -423,11 +426,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     with tempfile.TemporaryDirectory() as runs:
         for name, method, sigma_n, seed in plan(args.sigmas, args.methods, seeds):
             results.append(run_method(name, method, sigma_n, steps, num, Path(runs), figures,
-                                      args.net, seed, grids=seed == seeds[0]))
+                                      args.net, seed, grids=seed == seeds[0],
+                                      sampler_steps=sampler_steps))
             print(f"{method.label}, sigma_n={sigma_n:g}, seed {seed}: frechet "
                   f"{results[-1].frechet}", flush=True)
             out = write_report(results, references, rerun, steps, num, time.time() - t0,
-                               args.out, args.net)
+                               args.out, args.net, sampler_steps)
     print(f"wrote {out}")
     return out
 

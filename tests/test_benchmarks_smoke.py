@@ -259,6 +259,18 @@ def test_gaussian_fixed_point_of_the_refit(monkeypatch: pytest.MonkeyPatch) -> N
     assert probes.gaussian_fixed_point(0.01, 0.15, 3) < 0.5
 
 
+def test_refit_amplifies_a_fit_error_by_the_deconvolution_factor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fit that widens every law by a relative e moves the refit's fixed point by
+    e (1 + (1.1 sigma_n)^2 / v) once the ODE is exact (many steps), computed in closed form;
+    the slope holds for a larger e too (the fixed point is linear in e there)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    probes = importlib.import_module("consistency_probes")
+    for v, sigma_n, error in [(0.01, 0.3, 1e-3), (0.01, 0.3, 0.05), (0.4, 0.2, 1e-3)]:
+        exact = 1 + (1.1 * sigma_n) ** 2 / v  # 11.9 and 1.12
+        assert probes.amplification(v, sigma_n, 48, error) == pytest.approx(exact, rel=0.02)
+
+
 def test_digits_pixel_spread(monkeypatch: pytest.MonkeyPatch) -> None:
     """The per-pixel spread of the clean digits is their per-pixel std averaged by group, and
     it scales with the images (so twice too wide samples read twice the clean row)."""
