@@ -42,6 +42,8 @@ from ambient.train import load_run, train
 GMM = "gmm:dim=2,components=6,n=16384,seed=0,scale=0.1,spread=1.0"
 QUICK_STEPS = 60  # training steps of every mixture model in a smoke run (--quick)
 SAMPLES = 4000  # samples per model for the covariance error and the sliced Wasserstein distance
+SAMPLER_STEPS = 40  # Heun steps of those samples
+QUICK_SAMPLER_STEPS = 8  # the same in a smoke run (--quick), here and on the digits pages
 # the two-draw estimator (measured, like every two-draw option, without the warm start)
 PAIRS = {"start": "ambient", "target": "below", "substeps": 6, "warmup": 0.0}
 DATA_SMALL_STEPS = {"start": "data", "chain_steps": 4, "target": "step", "step": 0.05,
@@ -99,11 +101,17 @@ def variant_objective(name: str) -> ObjectiveConfig:
                    **objective)
 
 
-def run_variant(name: str, sigma_n: float, steps: int, root: Path,
-                seed: int = 0, lr: float | None = None) -> dict[str, object]:
+def sampler_steps(quick: bool) -> int:
+    """Heun steps of the evaluation's samples: SAMPLER_STEPS, or QUICK_SAMPLER_STEPS in a
+    smoke run."""
+    return QUICK_SAMPLER_STEPS if quick else SAMPLER_STEPS
+
+
+def run_variant(name: str, sigma_n: float, steps: int, root: Path, seed: int = 0,
+                lr: float | None = None, heun_steps: int = SAMPLER_STEPS) -> dict[str, object]:
     """Train the variant ``name`` on the mixture at ``sigma_n`` (``seed``: the data's noise and
-    the training run; ``lr``: another learning rate) and score it; the evaluation draws are the
-    same for every seed."""
+    the training run; ``lr``: another learning rate) and score it, sampling with ``heun_steps``;
+    the evaluation draws are the same for every seed."""
     clean = VARIANTS[name][1]
     cfg = default_train_config("gmm")
     cfg.engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps,
@@ -125,7 +133,8 @@ def run_variant(name: str, sigma_n: float, steps: int, root: Path,
     config = {**config, "sigma_n": {"max": sigma_n}}
     modes = {"": False, "truncated_": True} if name == MAIN[2] else {"": False}
     for prefix, truncate in modes.items():
-        drawn = generate(denoiser, config, SAMPLES, steps=40, seed=6, truncate=truncate)
+        drawn = generate(denoiser, config, SAMPLES, steps=heun_steps, seed=6,
+                         truncate=truncate)
         cov = component_covariance_error(drawn, gmm)
         row[prefix + "cov_err"], row[prefix + "width"] = cov.error, cov.width_ratio
         spread = core_spread(drawn, gmm)
@@ -199,7 +208,8 @@ def write(rows: list[dict[str, object]], steps: int, out: Path, quick: bool) -> 
     rows = [out_row for r in rows for out_row in
             ([r, deconvolution_reference(float(r["sigma_n"]))] if r["variant"] == MAIN[0] else [r])]
     text = (f"Gaussian mixture ({GMM}), MLP 128x3, {steps} steps of batch 512 per variant, "
-            f"EMA weights, 40-step Heun sampling, 4096 fresh draws per level; one seed each. "
+            f"EMA weights, {sampler_steps(quick)}-step Heun sampling, 4096 fresh draws per level; "
+            f"one seed each. "
             f"Excess error: 0 = exact. width: std of the samples' components / the truth "
             f"(1 = right, 3.16 = the law of x at sigma_n = 0.3). core: the same for the bulk of "
             f"the samples (median Mahalanobis distance to the nearest component, 1 = right), "
@@ -278,16 +288,19 @@ def main() -> None:
         print(write(read_rows(out), steps, out, args.quick))
         return
     run_shard([(name, sigma_n, 0) for name, sigma_n in plan_for(args.quick)], steps, out, k, n,
-              lambda rows: write(rows, steps, out, args.quick), args.resume)
+              lambda rows: write(rows, steps, out, args.quick), args.resume,
+              sampler_steps(args.quick))
 
 
 def run_shard(plan: list[tuple[str, float, int]], steps: int, out: Path, k: int, n: int,
-              write_page: Callable[[list[dict[str, object]]], str], resume: bool = False) -> None:
+              write_page: Callable[[list[dict[str, object]]], str], resume: bool = False,
+              heun_steps: int = SAMPLER_STEPS) -> None:
     """Run every ``n``-th ``(variant, sigma_n, seed)`` of ``plan`` from ``k``, appending each
     result to ``OUT.shardK.jsonl`` and rewriting the page from all shards' results after every
     run (so a killed run loses at most the run in progress). With ``resume`` every shard's
     results so far are kept and the runs they hold are skipped (so a plan that grew
-    a variant runs just that one, whichever shard it now falls to)."""
+    a variant runs just that one, whichever shard it now falls to). ``heun_steps``: see
+    :func:`run_variant`."""
     mine = out.with_suffix(f".shard{k}.jsonl")
     for stale in out.parent.glob(out.stem + ".shard*.jsonl"):
         if not resume and (n == 1 or stale == mine):
@@ -299,7 +312,7 @@ def run_shard(plan: list[tuple[str, float, int]], steps: int, out: Path, k: int,
             if (name, sigma_n, seed) in done:
                 continue
             start = time.time()
-            row = run_variant(name, sigma_n, steps, Path(tmp), seed)
+            row = run_variant(name, sigma_n, steps, Path(tmp), seed, heun_steps=heun_steps)
             row["seconds"] = time.time() - start
             print(json.dumps(row), flush=True)
             with mine.open("a", encoding="utf-8") as f:

@@ -35,7 +35,7 @@ from ambient.nets import build_denoiser
 from ambient.objective import training_loss
 from ambient.samplers import sample
 from ambient.train import DatasetLoss
-from consistency_ablation import GMM, PAIRS, QUICK_STEPS
+from consistency_ablation import GMM, PAIRS, QUICK_STEPS, SAMPLER_STEPS, SAMPLES, sampler_steps
 
 
 class ExactAbove(nn.Module):
@@ -106,10 +106,12 @@ def estimator_bias(sigma_n: float, rows: int = 20000) -> list[dict[str, object]]
 
 
 def run(mode: str, sigma_n: float, steps: int, root: Path, two_draws: bool = False,
-        lr: float | None = None, ode_steps: int | None = None) -> dict[str, object]:
+        lr: float | None = None, ode_steps: int | None = None,
+        heun_steps: int = SAMPLER_STEPS) -> dict[str, object]:
     """Train one model (``mode`` "learned" or "exact teacher"; the default objective, or with
     ``two_draws`` the two-draw consistency estimator; ``lr``: another learning rate,
-    ``ode_steps``: another number of ODE steps of the own-sample draws) and measure it."""
+    ``ode_steps``: another number of ODE steps of the own-sample draws) and measure it
+    (``heun_steps``: the sampler's steps)."""
     gmm, _ = parse_gmm_spec(GMM)
     cfg = default_train_config("gmm")
     if two_draws:
@@ -132,7 +134,7 @@ def run(mode: str, sigma_n: float, steps: int, root: Path, two_draws: bool = Fal
     levels = [sigma_n / 4, sigma_n / 2, sigma_n, 2 * sigma_n]
     excess = excess_denoising_error(model, gmm, levels, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        drawn = sample(model, (4000, gmm.dim), num_steps=40,
+        drawn = sample(model, (SAMPLES, gmm.dim), num_steps=heun_steps,
                        generator=torch.Generator().manual_seed(6))
     cov = component_covariance_error(drawn, gmm)
     row: dict[str, object] = {"consistency": "two draws" if two_draws else "default",
@@ -156,12 +158,13 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     budgets = [QUICK_STEPS] if args.quick else args.budgets
+    heun_steps = sampler_steps(args.quick)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run(mode, args.sigma_n, steps, Path(tmp)) for steps in budgets
-                for mode in ("learned", "exact teacher")]
-        rows += [run(mode, args.sigma_n, budgets[0], Path(tmp), two_draws=True)
-                 for mode in ("learned", "exact teacher")]
+        rows = [run(mode, args.sigma_n, steps, Path(tmp), heun_steps=heun_steps)
+                for steps in budgets for mode in ("learned", "exact teacher")]
+        rows += [run(mode, args.sigma_n, budgets[0], Path(tmp), two_draws=True,
+                     heun_steps=heun_steps) for mode in ("learned", "exact teacher")]
     gmm, _ = parse_gmm_spec(GMM)
     dataset = resolve_dataset(GMM, args.sigma_n, seed=0)
     exact_loss = mean_consistency(gmm.denoiser, dataset.y, dataset.sigma_n)
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> Path:
                 f"{time.perf_counter() - start:.0f} s on one "
                 f"CPU thread. Data: {GMM} at sigma_n = {args.sigma_n:g}; MLP 128x3, batch 512, "
                 f"EMA weights, the default objective ('two draws': with the two-draw consistency "
-                f"estimator instead); 40-step Heun sampling. 'exact teacher': the "
+                f"estimator instead); {heun_steps}-step Heun sampling. 'exact teacher': the "
                 f"analytic posterior mean replaces the network above sigma_n, so only the "
                 f"consistency loss trains it (at and below sigma_n), from the first step (no "
                 f"warm start). " + defaults_summary())

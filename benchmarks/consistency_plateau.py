@@ -23,7 +23,7 @@ import torch
 
 from ambient.defaults import default_train_config, defaults_summary
 from ambient.evaluate.report import Report, command_line
-from consistency_ablation import GMM, MAIN, QUICK_STEPS, run_variant
+from consistency_ablation import GMM, MAIN, QUICK_STEPS, run_variant, sampler_steps
 from consistency_exact_teacher import run
 
 SIGMA_N = 0.15
@@ -38,14 +38,15 @@ COLUMNS = ["model", "lr", "ODE steps", "excess@sn/4", "excess@sn/2", "excess@sn"
 
 
 def plateau_row(model: str, lr: float | None, ode_steps: int | None, steps: int,
-                root: Path) -> dict[str, object]:
-    """One model of PLAN trained ``steps`` steps at SIGMA_N and scored like the ablation."""
+                root: Path, heun_steps: int) -> dict[str, object]:
+    """One model of PLAN trained ``steps`` steps at SIGMA_N and scored like the ablation
+    (sampled with ``heun_steps``)."""
     defaults = default_train_config("gmm")
     start = time.perf_counter()
     if model == "oracle":  # clean data: no consistency term, so no ODE steps
-        row = run_variant(MAIN[0], SIGMA_N, steps, root, lr=lr)
+        row = run_variant(MAIN[0], SIGMA_N, steps, root, lr=lr, heun_steps=heun_steps)
     else:
-        row = run(model, SIGMA_N, steps, root, lr=lr, ode_steps=ode_steps)
+        row = run(model, SIGMA_N, steps, root, lr=lr, ode_steps=ode_steps, heun_steps=heun_steps)
     return {**row, "model": model, "lr": lr or defaults.engine.lr,
             "ODE steps": "-" if model == "oracle" else
             ode_steps or defaults.objective.consistency.substeps,
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for model, lr, ode_steps in PLAN:
-            rows.append(plateau_row(model, lr, ode_steps, steps, Path(tmp)))
+            rows.append(plateau_row(model, lr, ode_steps, steps, Path(tmp),
+                                    sampler_steps(args.quick)))
             print(rows[-1], flush=True)
     report = Report("The own-sample fixed point's plateau: learning rate and ODE steps")
     rerun = command_line("benchmarks/consistency_plateau.py", argv)

@@ -41,15 +41,16 @@ from torch import Tensor
 import ambient.losses
 import ambient.objective
 from ambient.data import GaussianMixture, parse_gmm_spec
-from ambient.defaults import defaults_summary
+from ambient.defaults import DEFAULT_CONSISTENCY, defaults_summary
 from ambient.evaluate import component_covariance_error, core_spread
 from ambient.evaluate.report import Report
 from ambient.losses import Denoiser, as_levels, dsm_loss, own_samples
 from ambient.noise import add_noise_ve
 from ambient.objective import log_uniform
-from consistency_ablation import GMM, QUICK_STEPS, VARIANTS, run_variant
+from consistency_ablation import GMM, QUICK_STEPS, VARIANTS, run_variant, sampler_steps
 
 SIGMA_N = 0.3
+LIFT = DEFAULT_CONSISTENCY.lift  # the default's draws start at LIFT * sigma_n
 DEFAULT = "ambient + consistency (default: own samples)"
 Draws = Callable[..., Tensor]  # own_samples' signature
 
@@ -69,7 +70,7 @@ def gaussian_posterior(denoiser: Denoiser, x: Tensor, level: Tensor,
 
 
 def gaussian_posterior_draws(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float,
-                             lift: float = 1.1, steps: int = 8, sigma_min: float = 0.002,
+                             lift: float = LIFT, steps: int = 8, sigma_min: float = 0.002,
                              generator: torch.Generator | None = None,
                              rho: float = math.inf) -> Tensor:
     """Targets from the Gaussian posterior at ``lift * s`` (same signature as own_samples)."""
@@ -86,7 +87,7 @@ def ema_draws(halflife: float, extrapolate: float = 1.0) -> Draws:
     both draws from the same lifted data."""
     state: dict[str, torch.nn.Module] = {}
 
-    def draws(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, lift: float = 1.1,
+    def draws(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, lift: float = LIFT,
               steps: int = 8, sigma_min: float = 0.002,
               generator: torch.Generator | None = None, rho: float = math.inf) -> Tensor:
         if not isinstance(denoiser, torch.nn.Module):  # training passes the model on a CPU
@@ -113,7 +114,7 @@ def truncated_first(calls: int) -> Draws:
     ``D(x, max(sigma, sigma_n))`` (a narrow start: the law of posterior means)."""
     count = [0]
 
-    def draws(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, lift: float = 1.1,
+    def draws(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, lift: float = LIFT,
               steps: int = 8, sigma_min: float = 0.002,
               generator: torch.Generator | None = None, rho: float = math.inf) -> Tensor:
         count[0] += 1
@@ -129,7 +130,7 @@ def truncated_first(calls: int) -> Draws:
 
 
 def two_levels_loss(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, sigma_next: Tensor,
-                    lift: float = 1.1, steps: int = 8, sigma_min: float = 0.002,
+                    lift: float = LIFT, steps: int = 8, sigma_min: float = 0.002,
                     sigma_data: float = 0.5, generator: torch.Generator | None = None,
                     rho: float = math.inf) -> ambient.losses.LossTerms:
     """own_sample_loss with each draw used at ``sigma_next`` and at a second log-uniform level
@@ -189,14 +190,14 @@ def exact_targets(exact: Denoiser, y: Tensor, sigma_n: float,
     """Each way of making targets, applied once to the noisy data ``y`` with the denoiser
     ``exact``."""
     n = len(y)
-    s, lifted = torch.full((n,), sigma_n), torch.full((n,), 1.1 * sigma_n)
+    s, lifted = torch.full((n,), sigma_n), torch.full((n,), LIFT * sigma_n)
     return {
-        "own draws, 6 steps, geometric (default)": own_samples(exact, y, s, 1.1, 6, generator=g),
-        "own draws, 6 steps, EDM rho 7": own_samples(exact, y, s, 1.1, 6, generator=g, rho=7.0),
-        "own draws, 24 steps, geometric": own_samples(exact, y, s, 1.1, 24, generator=g),
-        "Gaussian posterior at 1.1 sigma_n": gaussian_posterior_draws(exact, y, s, 1.1,
-                                                                      generator=g),
-        "posterior mean at 1.1 sigma_n (truncated)": exact(
+        "own draws, 6 steps, geometric (default)": own_samples(exact, y, s, LIFT, 6, generator=g),
+        "own draws, 6 steps, EDM rho 7": own_samples(exact, y, s, LIFT, 6, generator=g, rho=7.0),
+        "own draws, 24 steps, geometric": own_samples(exact, y, s, LIFT, 24, generator=g),
+        f"Gaussian posterior at {LIFT:g} sigma_n": gaussian_posterior_draws(exact, y, s, LIFT,
+                                                                         generator=g),
+        f"posterior mean at {LIFT:g} sigma_n (truncated)": exact(
             add_noise_ve(y, s, lifted, torch.randn(y.shape, generator=g)), lifted),
     }
 
@@ -211,7 +212,7 @@ FIXED_POINTS = [  # (clean std in that direction, sigma_n, where it occurs)
 FIXED_POINT_STEPS = (3, 4, 6, 12, 24)
 
 
-def gaussian_fixed_point(v: float, sigma_n: float, steps: int, lift: float = 1.1,
+def gaussian_fixed_point(v: float, sigma_n: float, steps: int, lift: float = LIFT,
                          widen: float = 1.0) -> float:
     """Where the own-sample refit settles on data ``N(0, v)`` at ``sigma_n`` if the
     network were exact for the law it is fitted to: the model ``N(0, w)`` (``D = w / (w +
@@ -243,7 +244,7 @@ def gaussian_fixed_point(v: float, sigma_n: float, steps: int, lift: float = 1.1
 
 
 AMPLIFIED = "fit error amplified, 6 steps"
-AMPLIFIED_EXACT = "1 + (1.1 sigma_n)^2 / v (exact ODE)"
+AMPLIFIED_EXACT = f"1 + ({LIFT:g} sigma_n)^2 / v (exact ODE)"
 
 
 def amplification(v: float, sigma_n: float, steps: int, error: float = 1e-3) -> float:
@@ -262,7 +263,7 @@ def fixed_point_rows() -> list[dict[str, object]]:
              "where": where,
              **{f"{k} steps": gaussian_fixed_point(std**2, sigma_n, k) for k in FIXED_POINT_STEPS},
              AMPLIFIED: amplification(std**2, sigma_n, 6),
-             AMPLIFIED_EXACT: 1 + (1.1 * sigma_n) ** 2 / std**2}
+             AMPLIFIED_EXACT: 1 + (LIFT * sigma_n) ** 2 / std**2}
             for std, sigma_n, where in FIXED_POINTS]
 
 
@@ -284,14 +285,15 @@ def exact_rows(n: int) -> list[dict[str, object]]:
     return rows
 
 
-def trained_rows(steps: int, root: Path) -> list[dict[str, object]]:
-    """Part 2: each probe trained at SIGMA_N through the ablation's run_variant."""
+def trained_rows(steps: int, root: Path, heun_steps: int) -> list[dict[str, object]]:
+    """Part 2: each probe trained at SIGMA_N through the ablation's run_variant (sampled with
+    ``heun_steps``)."""
     rows = []
     for label, (overrides, kind, factory) in PROBES.items():
         VARIANTS.setdefault(label, ("ambient", False, overrides, {}))
         start = time.perf_counter()
         with replaced(kind, factory):
-            row = run_variant(label, SIGMA_N, steps, root)
+            row = run_variant(label, SIGMA_N, steps, root, heun_steps=heun_steps)
         row["train+eval s"] = time.perf_counter() - start
         print(row, flush=True)
         rows.append(row)
@@ -315,11 +317,11 @@ def main(argv: list[str] | None = None) -> Path:
     report.heading("1b. The refit's fixed point with an exact network, on a Gaussian")
     report.text("Variance the own-sample refit settles at, over the truth's (1 = exact; 0 = the "
                 "draws collapse), for data N(0, v) at sigma_n and a network exact for whatever "
-                "law it is fitted to (ambient.losses.own_samples' geometric ODE from 1.1 sigma_n, "
-                "the default's 6 steps and others; benchmarks/consistency_probes.py's "
+                f"law it is fitted to (ambient.losses.own_samples' geometric ODE from {LIFT:g} "
+                "sigma_n, the default's 6 steps and others; benchmarks/consistency_probes.py's "
                 "gaussian_fixed_point). Where v is small against sigma_n^2 the fixed point is "
                 "hypersensitive to the ODE's discretisation (a relative error e of the ODE's gain "
-                "moves it by about 2 e (1.1 sigma_n)^2 / v) and no step count is exact there; "
+                f"moves it by about 2 e ({LIFT:g} sigma_n)^2 / v) and no step count is exact there; "
                 "where v / sigma_n^2 >= 0.1, 6 steps settle within 16% and fewer steps shrink "
                 "the draws (3 steps collapse them at 0.11 and keep 35% of the variance at 0.44), "
                 "a bias that a network's own widening can hide while it is undertrained (see the "
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None) -> Path:
                                       AMPLIFIED_EXACT])
     report.heading(f"2. Trained at sigma_n = {SIGMA_N} ({steps} steps, one seed)")
     with tempfile.TemporaryDirectory() as root:
-        rows = trained_rows(steps, Path(root))
+        rows = trained_rows(steps, Path(root), sampler_steps(args.quick))
     report.table(rows, ["variant", "excess@sn/4", "excess@sn/2", "excess@sn", "cov_err", "width",
                         "core", "stranded", "ms/step"])
     return report.write(args.out, html=False)

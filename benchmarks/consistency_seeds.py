@@ -28,6 +28,7 @@ from consistency_ablation import (
     add_shard_arguments,
     read_rows,
     run_shard,
+    sampler_steps,
 )
 from digits_benchmark import mean_sd
 
@@ -91,10 +92,11 @@ def summarise(rows: list[dict[str, object]]) -> str:
 
 
 def write(rows: list[dict[str, object]], steps: int, seeds: list[int], out: Path,
-          flags: str) -> str:
-    text = (f"Gaussian mixture ({GMM}), the ablation's MLP 128x3 and evaluation, {steps} steps of "
-            f"batch 512 per run, seeds {', '.join(map(str, seeds))} (the data's noise and the "
-            f"training run; seed 0 is the ablation's run). Cells: mean ± sd over seeds. The "
+          flags: str, heun_steps: int) -> str:
+    text = (f"Gaussian mixture ({GMM}), the ablation's MLP 128x3 and evaluation ({heun_steps}-step "
+            f"Heun sampling), {steps} steps of batch 512 per run, seeds "
+            f"{', '.join(map(str, seeds))} (the data's noise and the training run; seed 0 is the "
+            f"ablation's run). Cells: mean ± sd over seeds. The "
             f"ratio columns divide each seed's excess error by the no-consistency model's at the "
             f"same seed (target: at most 0.5; for the cap-1 candidate, the cap-1 no-consistency "
             f"model's). {len(rows)} runs, "
@@ -133,11 +135,13 @@ def main() -> None:
                         if args.candidates != CLOSE_OPTIONS else []),
                       *([f"--out benchmarks/results/{out.name}"]
                         if out.name != Path(parser.get_default("out")).name else [])])
+    heun_steps = sampler_steps(args.quick)
     if args.assemble:
-        print(write(read_rows(out), steps, seeds, out, flags))
+        print(write(read_rows(out), steps, seeds, out, flags, heun_steps))
         return
     run_shard(plan_for(seeds, sigmas, args.candidates), steps, out, k, n,
-              lambda rows: write(rows, steps, seeds, out, flags), args.resume)
+              lambda rows: write(rows, steps, seeds, out, flags, heun_steps), args.resume,
+              heun_steps)
 
 if __name__ == "__main__":
     main()

@@ -38,6 +38,7 @@ from digits_benchmark import (
     METHODS,
     NUM,
     ORACLE,
+    QUICK_BATCH,
     QUICK_NUM,
     QUICK_SAMPLER_STEPS,
     QUICK_STEPS,
@@ -68,7 +69,8 @@ def scores(images: Tensor, extract: DigitsFeatures, test_feats: Tensor) -> dict[
             "border spread": next(iter(pixel_spread(images).values()))}  # first group
 
 
-def rows(steps: int, num: int, sampler_steps: int, root: Path) -> list[dict[str, object]]:
+def rows(steps: int, num: int, sampler_steps: int, root: Path,
+         batch: int | None = None) -> list[dict[str, object]]:
     """Reference rows (clean digits, plus noise), then every model at every stopping level
     (``sampler_steps`` Heun levels)."""
     extract = DigitsFeatures()
@@ -84,7 +86,7 @@ def rows(steps: int, num: int, sampler_steps: int, root: Path) -> list[dict[str,
                     "output": "-", **scores(noisy, extract, test_feats)})
     for label, (method, sigma_n) in MODELS.items():
         run_dir = root / label.replace(" ", "_")
-        train(train_config(method, steps, sigma_n, "unet", 0),
+        train(train_config(method, steps, sigma_n, "unet", 0, batch),
               resolve_dataset("digits", sigma_n, seed=0), run_dir, progress=False)
         denoiser, _ = load_run(run_dir)
         for stop in (SIGMA_N, SIGMA_N / 2, SIGMA_N / 4, None):
@@ -104,15 +106,17 @@ def main(argv: list[str] | None = None) -> Path:
                         default=Path("benchmarks/results/digits_background.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    steps, num, sampler_steps = ((QUICK_STEPS, QUICK_NUM, QUICK_SAMPLER_STEPS) if args.quick
-                                 else (STEPS["unet"], NUM, SAMPLER_STEPS))
+    steps, num, sampler_steps, batch = (
+        (QUICK_STEPS, QUICK_NUM, QUICK_SAMPLER_STEPS, QUICK_BATCH) if args.quick
+        else (STEPS["unet"], NUM, SAMPLER_STEPS, None))
     report = Report("Where the default's Frechet gap on the digits comes from")
     report.text(f"Rerun: `python benchmarks/digits_background.py{' --quick' if args.quick else ''}`"
-                f". {steps} training steps per model, {num} samples per row (seed 0), sigma_n = "
+                f". {steps} training steps per model{f' of batch {batch}' if batch else ''}, {num} "
+                f"samples per row (seed 0), sigma_n = "
                 f"{SIGMA_N:g}, {sampler_steps}-level Heun. " + " ".join(__doc__.split("\n\n")[1:3]) + " "
                 + defaults_summary())
     with tempfile.TemporaryDirectory() as root:
-        table = rows(steps, num, sampler_steps, Path(root))
+        table = rows(steps, num, sampler_steps, Path(root), batch)
     report.table(table, COLUMNS)
     return report.write(args.out, html=False)
 

@@ -39,12 +39,13 @@ from ambient.evaluate.report import Report, command_line
 from ambient.evaluate.runs import DENOISING_LEVELS, evaluate_run
 from ambient.images import save_grid
 from ambient.train import TrainConfig, load_run, train
-from consistency_ablation import PAIRS, PREVIOUS, VARIANTS
+from consistency_ablation import PAIRS, PREVIOUS, QUICK_SAMPLER_STEPS, VARIANTS
 
 SIGMAS = (0.1, 0.2, 0.4)
 STEPS, QUICK_STEPS = {"mlp": 4000, "unet": 1500}, 20  # training steps per model, by network
 NUM, QUICK_NUM = 1000, 100  # samples per model and sampling mode
-SAMPLER_STEPS, QUICK_SAMPLER_STEPS = 32, 8  # Heun levels per sample
+SAMPLER_STEPS = 32  # Heun levels per sample (a smoke run: QUICK_SAMPLER_STEPS)
+QUICK_BATCH = 32  # a smoke run's batch (full runs: the digits default's, 128)
 PIXEL_GROUPS = ((0.0, 0.05), (0.05, 0.3), (0.3, math.inf))  # bins of the clean per-pixel std
 SCRIPT = "benchmarks/digits_benchmark.py"
 
@@ -133,13 +134,15 @@ def pixel_spread(images: Tensor) -> dict[str, float]:
 
 
 def train_config(method: Method, steps: int, sigma_n: float, net: str = "mlp",
-                 seed: int = 0) -> TrainConfig:
+                 seed: int = 0, batch: int | None = None) -> TrainConfig:
     """The digits defaults with ``method``'s objective, the network ``net`` (a key of NETS),
-    ``steps`` steps and the engine seed ``seed`` (no sample grids)."""
+    ``steps`` steps, the engine seed ``seed`` and ``batch`` (None: the default's) (no sample
+    grids)."""
     cfg = default_train_config("digits")
     cfg.net = NETS[net] or cfg.net
     cfg.engine = replace(cfg.engine, steps=steps, sample_every=0, checkpoint_every=steps,
-                         log_every=max(1, steps // 10), seed=seed)
+                         log_every=max(1, steps // 10), seed=seed,
+                         batch_size=batch or cfg.engine.batch_size)
     cfg.objective = replace(cfg.objective, method=method.objective, **dict(method.settings))
     cfg.objective.consistency = replace(cfg.objective.consistency, **dict(method.overrides))
     if not method.consistency:
@@ -150,13 +153,13 @@ def train_config(method: Method, steps: int, sigma_n: float, net: str = "mlp",
 
 def run_method(name: str, method: Method, sigma_n: float, steps: int, num: int, runs: Path,
                figures: Path, net: str = "mlp", seed: int = 0, grids: bool = True,
-               sampler_steps: int = SAMPLER_STEPS) -> RunResult:
-    """Train ``method`` (engine seed ``seed``) on the digits corrupted once at ``sigma_n``, then
-    sample (seed ``seed``, ``sampler_steps`` Heun levels) and score it; with ``grids``, save its
-    first 64 samples as PNGs."""
+               sampler_steps: int = SAMPLER_STEPS, batch: int | None = None) -> RunResult:
+    """Train ``method`` (engine seed ``seed``, ``batch``: see :func:`train_config`) on the digits
+    corrupted once at ``sigma_n``, then sample (seed ``seed``, ``sampler_steps`` Heun levels) and
+    score it; with ``grids``, save its first 64 samples as PNGs."""
     run_dir = runs / f"{name}_sigma{sigma_n:g}_seed{seed}"
     start = time.perf_counter()
-    train(train_config(method, steps, sigma_n, net, seed),
+    train(train_config(method, steps, sigma_n, net, seed, batch),
           resolve_dataset("digits", sigma_n, seed=0), run_dir, progress=False)
     seconds = time.perf_counter() - start
     denoiser, config = load_run(run_dir)
@@ -327,7 +330,8 @@ def claim_summary(results: Sequence[RunResult]) -> str:
 def write_report(results: Sequence[RunResult], references: tuple[dict[float, float],
                                                                  dict[float, Path]],
                  rerun: str, steps: int, num: int, seconds: float, out: Path,
-                 net: str = "mlp", sampler_steps: int = SAMPLER_STEPS) -> Path:
+                 net: str = "mlp", sampler_steps: int = SAMPLER_STEPS,
+                 batch: int | None = None) -> Path:
     """Render ``out`` (markdown, images relative to it) from the runs finished so far."""
     frechet, data_grids = references
     report = Report("Digits benchmark: sample quality and denoising from noisy digits")
@@ -340,7 +344,8 @@ def write_report(results: Sequence[RunResult], references: tuple[dict[float, flo
     report.text(f"Data: the {len(load_digits('train'))} scikit-learn training digits (8x8, "
                 f"range [-1, 1]), each corrupted once with Gaussian noise of std sigma_n; scored "
                 f"against the {len(load_digits('test'))} held-out clean digits. Every model is "
-                f"`default_train_config('digits')` (batch 128, lr 1e-3, EMA) with "
+                f"`default_train_config('digits')` (batch "
+                f"{batch or default_train_config('digits').engine.batch_size}, lr 1e-3, EMA) with "
                 f"{'its MLP 256x4' if NETS[net] is None else f'the network {NETS[net]}'}, "
                 f"trained for {steps} steps; EMA weights are evaluated. Samples: {num} per model and "
                 f"mode, {sampler_steps}-level Heun from sigma_max = 80; full sampling runs to 0, "
@@ -417,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     steps = QUICK_STEPS if args.quick else args.steps or STEPS[args.net]
     num = QUICK_NUM if args.quick else args.num or NUM
     sampler_steps = QUICK_SAMPLER_STEPS if args.quick else SAMPLER_STEPS
+    batch = QUICK_BATCH if args.quick else None
     seeds = args.seeds[:1] if args.quick else args.seeds
     rerun = command_line(SCRIPT, argv)
     figures = args.out.with_suffix("")
@@ -427,11 +433,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         for name, method, sigma_n, seed in plan(args.sigmas, args.methods, seeds):
             results.append(run_method(name, method, sigma_n, steps, num, Path(runs), figures,
                                       args.net, seed, grids=seed == seeds[0],
-                                      sampler_steps=sampler_steps))
+                                      sampler_steps=sampler_steps, batch=batch))
             print(f"{method.label}, sigma_n={sigma_n:g}, seed {seed}: frechet "
                   f"{results[-1].frechet}", flush=True)
             out = write_report(results, references, rerun, steps, num, time.time() - t0,
-                               args.out, args.net, sampler_steps)
+                               args.out, args.net, sampler_steps, batch)
     print(f"wrote {out}")
     return out
 

@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> Path:
         with ThreadPoolExecutor(max_workers=2) as pool:
             jobs = quick_jobs(results) if args.quick else PARALLEL_JOBS
             list(pool.map(lambda job: run(*job, args.quick, results), jobs))
-        run("step_cost.md", ["--rounds", "5"] if args.quick else [], args.quick, results)
+        run("step_cost.md", ["--rounds", "1"] if args.quick else [], args.quick, results)
         (results / "run_all_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n",
                                                      encoding="utf-8")
     print(f"wrote {assemble(results, out)}")

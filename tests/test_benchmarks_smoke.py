@@ -231,7 +231,9 @@ def test_a_killed_shard_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     ablation = importlib.import_module("consistency_ablation")
     ran: list[tuple[str, float, int]] = []
 
-    def fake_run(name: str, sigma_n: float, steps: int, tmp: Path, seed: int) -> dict[str, object]:
+    def fake_run(name: str, sigma_n: float, steps: int, tmp: Path, seed: int,
+                 heun_steps: int) -> dict[str, object]:
+        assert heun_steps == ablation.SAMPLER_STEPS  # run_shard's default: the full evaluation
         ran.append((name, sigma_n, seed))
         return {"variant": name, "sigma_n": sigma_n, "seed": seed}
 
@@ -262,12 +264,12 @@ def test_gaussian_fixed_point_of_the_refit(monkeypatch: pytest.MonkeyPatch) -> N
 def test_refit_amplifies_a_fit_error_by_the_deconvolution_factor(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A fit that widens every law by a relative e moves the refit's fixed point by
-    e (1 + (1.1 sigma_n)^2 / v) once the ODE is exact (many steps), computed in closed form;
+    e (1 + (lift sigma_n)^2 / v) once the ODE is exact (many steps), computed in closed form;
     the slope holds for a larger e too (the fixed point is linear in e there)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     probes = importlib.import_module("consistency_probes")
     for v, sigma_n, error in [(0.01, 0.3, 1e-3), (0.01, 0.3, 0.05), (0.4, 0.2, 1e-3)]:
-        exact = 1 + (1.1 * sigma_n) ** 2 / v  # 11.9 and 1.12
+        exact = 1 + (probes.LIFT * sigma_n) ** 2 / v  # 11.9 and 1.12 at the default lift 1.1
         assert probes.amplification(v, sigma_n, 48, error) == pytest.approx(exact, rel=0.02)
 
 
