@@ -1,8 +1,8 @@
 """Where the own-sample fixed point settles: learning rate and ODE steps, with an exact teacher.
 
 With the analytic posterior mean above sigma_n (``consistency_exact_teacher.py``) the default's
-covariance error on the mixture at sigma_n = 0.15 stops falling after 6000 steps (0.30 at 6000
-and at 24000), about 3x the clean oracle's. This trains that exact-teacher model at 6000 steps
+covariance error on the mixture at sigma_n = 0.15 stays well above the clean oracle's (the
+exact-teacher pages). This trains that exact-teacher model at 6000 steps
 with lower learning rates (less SGD noise in the model whose draws are the targets) and with 24
 ODE steps instead of 6 (a more exact ODE: the 6-step geometric ODE shrinks the draws a little,
 ``consistency_probes.py`` part 1b), beside the learned default and the clean oracle at the
