@@ -30,6 +30,7 @@ from ambient.defaults import DEFAULT_CONSISTENCY, default_train_config, defaults
 from ambient.evaluate.exactness import (
     component_covariance_error,
     core_spread,
+    covariance_noise_floor,
     excess_denoising_error,
     sliced_wasserstein,
     sw_noise_floor,
@@ -145,10 +146,15 @@ def run_variant(name: str, sigma_n: float, steps: int, root: Path, seed: int = 0
 
 
 @functools.cache
-def sw_floor() -> float:
-    """Sliced Wasserstein distance between two fresh draws of SAMPLES from p0 (mean of 5)."""
+def noise_floors() -> str:
+    """A sentence for the pages: what a perfect sampler scores with SAMPLES draws of p0, sw
+    (:func:`sw_noise_floor`, mean of 5) and cov_err (:func:`covariance_noise_floor`, mean of 100)."""
     gmm, _ = parse_gmm_spec(GMM)
-    return sw_noise_floor(gmm, SAMPLES, generator=torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    sw = sw_noise_floor(gmm, SAMPLES, generator=g)
+    cov = covariance_noise_floor(gmm, SAMPLES, generator=g, repeats=100)
+    return (f"Noise floors: {SAMPLES} fresh draws of p0 in place of a model's samples score sw "
+            f"{sw:.3g} and cov_err {cov:.3g}.")
 
 
 def fresh_draws(gmm: GaussianMixture) -> Tensor:
@@ -216,9 +222,8 @@ def write(rows: list[dict[str, object]], steps: int, out: Path, quick: bool) -> 
             f"stranded: share of samples beyond the truth's 99% quantile of that distance (0.01 = "
             f"right; e.g. between components) (ambient.evaluate.core_spread). sw: sliced "
             f"Wasserstein-2 distance "
-            f"of {SAMPLES} samples to {SAMPLES} fresh draws of p0 (two fresh draws give "
-            f"{sw_floor():.3g}, "
-            f"the noise floor). ms/step is wall time on a "
+            f"of {SAMPLES} samples to {SAMPLES} fresh draws of p0. {noise_floors()} "
+            f"ms/step is wall time on a "
             f"shared machine (2 runs in parallel): use benchmarks/step_cost.py for cost ratios. "
             f"{runs} runs, {total:.0f} s of training + evaluation. The 'best case' rows are a "
             f"reference no method can be expected to beat (up to shrinkage): component labels "

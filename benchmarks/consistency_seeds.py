@@ -26,6 +26,7 @@ from consistency_ablation import (
     SHARDS_HINT,
     SIGMAS,
     add_shard_arguments,
+    noise_floors,
     read_rows,
     run_shard,
     sampler_steps,
@@ -101,7 +102,8 @@ def write(rows: list[dict[str, object]], steps: int, seeds: list[int], out: Path
             f"same seed (target: at most 0.5; for the cap-1 candidate, the cap-1 no-consistency "
             f"model's). {len(rows)} runs, "
             f"{sum(float(r['seconds']) for r in rows):.0f} s of training + evaluation. Step-cost "
-            f"ratios of these options: see the step-cost table. {defaults_summary()}\n\n"
+            f"ratios of these options: see the step-cost table. {noise_floors()} "
+            f"{defaults_summary()}\n\n"
             f"Rerun: `python benchmarks/consistency_seeds.py{flags}` {SHARDS_HINT}.\n\n"
             + summarise(rows))
     tmp = out.with_suffix(".tmp")

@@ -62,7 +62,7 @@ def test_images_per_sample_levels_and_grid(tmp_path, capsys):
     assert (tmp_path / "s.png").is_file()
 
 
-def test_corrupt_builtin_and_warm_start(tmp_path, capsys):
+def test_corrupt_builtin_warm_start_and_evaluate(tmp_path, capsys):
     first = tmp_path / "first"
     code, _, err = _run(capsys, "train", "--data", "gmm:n=128", "--sigma-n", "0.3", "--out",
                         str(first), "--consistency-weight", "0", *TINY)
@@ -70,6 +70,16 @@ def test_corrupt_builtin_and_warm_start(tmp_path, capsys):
     code, _, err = _run(capsys, "train", "--data", "gmm:n=128", "--sigma-n", "0.3", "--out",
                         str(tmp_path / "second"), "--init-from", str(first), *TINY)
     assert code == 0, err
+    code, out, err = _run(capsys, "evaluate", str(tmp_path / "second"), "--num", "400", "--steps",
+                          "4", "--out", str(tmp_path / "metrics.json"))
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert json.loads(out) == metrics
+    assert set(metrics["samples"]) == {"full", "truncated"}
+    for scores in metrics["samples"].values():  # 6 training steps: far above what exact draws score
+        assert 0 < scores["covariance_noise_floor"] < scores["covariance_error"]
+        assert 0 < scores["sw_noise_floor"] < scores["sliced_wasserstein"]
+    assert len(metrics["excess_denoising_error"]) > 0
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -24,6 +24,7 @@ from ambient.evaluate import (
     build_digits_features_weights,
     component_covariance_error,
     core_spread,
+    covariance_noise_floor,
     denoising_table,
     exactness_table,
     excess_denoising_error,
@@ -107,6 +108,19 @@ def test_sliced_wasserstein_noise_floor_and_shift(gmm):
     far = sliced_wasserstein(gmm.sample(4000, generator=gen(7)), shifted, generator=gen(8))
     # a shift v: SW^2 = E<v, theta>^2 = |v|^2 / d = 4
     assert far > 4 * floor and far == pytest.approx(2.0, abs=0.2)
+
+
+def test_covariance_noise_floor_matches_the_sample_covariance_error(gmm):
+    # one isotropic 2-D component: relative Frobenius error of a sample covariance of n draws has
+    # mean square (d + 1) / n, and its mean a little below the root of that (Jensen)
+    n = 4000
+    floor = covariance_noise_floor(diagonal_gaussian([0.04, 0.04]), n, generator=gen(3),
+                                   repeats=40)
+    assert 0.8 * math.sqrt(3 / n) < floor < math.sqrt(3 / n)
+    # a mixture: each component sees about n w_k draws, so four times the draws halve the floor
+    ratio = (covariance_noise_floor(gmm, 4 * n, generator=gen(4), repeats=10)
+             / covariance_noise_floor(gmm, n, generator=gen(5), repeats=10))
+    assert 0.4 < ratio < 0.6
 
 
 def test_sliced_wasserstein_unequal_sizes_is_exact_in_1d():

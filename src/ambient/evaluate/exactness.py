@@ -191,6 +191,22 @@ class CoreSpread:
     stranded: float
 
 
+def covariance_noise_floor(
+    gmm: GaussianMixture,
+    n: int,
+    generator: torch.Generator | None = None,
+    repeats: int = 20,
+) -> float:
+    """Mean over ``repeats`` of :func:`component_covariance_error` of ``n`` fresh draws from
+    ``p0``: what a perfect sampler scores with ``n`` samples.
+
+    For ``d``-dimensional components with about ``n w_k`` samples each, the sample covariance's
+    relative Frobenius error is close to ``sqrt((d + 1) / (n w_k))`` (entries of variance
+    ``2 s^4 / m`` on and ``s^4 / m`` off the diagonal for an isotropic component)."""
+    return sum(component_covariance_error(gmm.sample(n, generator=generator), gmm).error
+               for _ in range(repeats)) / repeats
+
+
 def _nearest_r2(x: Tensor, gmm: GaussianMixture) -> Tensor:
     x = x.reshape(len(x), -1).cpu().double()
     diff = x[:, None] - gmm.means.double()[None]

@@ -2,7 +2,7 @@
 
 * Gaussian-mixture data (``gmm:...``): excess denoising error per level against the exact
   posterior mean, and full / truncated samples against fresh draws of p0 (sliced Wasserstein
-  with its noise floor, per-component covariance error).
+  with its noise floor, per-component covariance error with its noise floor).
 * The built-in digits: Frechet distance (digits features) of full / truncated samples to the
   held-out clean digits, and the one-step denoising table on them.
 * Anything else: Frechet distance to a reference set the user gives (``reference``), with the
@@ -24,6 +24,7 @@ from ambient.errors import AmbientError
 from ambient.evaluate.denoising import denoising_table
 from ambient.evaluate.exactness import (
     component_covariance_error,
+    covariance_noise_floor,
     exactness_table,
     sliced_wasserstein,
     sw_noise_floor,
@@ -75,12 +76,14 @@ def evaluate_run(
         gmm, _ = parse_gmm_spec(source)
         g = torch.Generator().manual_seed(seed + 1)
         floor = sw_noise_floor(gmm, num, generator=g)
+        cov_floor = covariance_noise_floor(gmm, num, generator=g)
         for mode, drawn in metrics.drawn.items():
             cov = component_covariance_error(drawn, gmm)
             metrics.samples[mode] = {
                 "sliced_wasserstein": sliced_wasserstein(drawn, gmm.sample(num, generator=g),
                                                          generator=g),
                 "sw_noise_floor": floor, "covariance_error": cov.error,
+                "covariance_noise_floor": cov_floor,
                 "width_ratio": cov.width_ratio}
         level = float(config["sigma_n"]["max"]) or 0.2
         metrics.excess = {row.sigma: row.excess for row in exactness_table(
