@@ -40,7 +40,16 @@ from ambient.generate import generate
 from ambient.objective import ObjectiveConfig
 from ambient.train import load_run, train
 
-GMM = "gmm:dim=2,components=6,n=16384,seed=0,scale=0.1,spread=1.0"
+POINTS = 16384  # training points of the mixture (the seeds and exact-teacher pages: --points)
+
+
+def gmm_spec(points: int = POINTS) -> str:
+    """The benchmarks' mixture with ``points`` training points (the law, and so the evaluation,
+    is the same for any)."""
+    return f"gmm:dim=2,components=6,n={points},seed=0,scale=0.1,spread=1.0"
+
+
+GMM = gmm_spec()
 QUICK_STEPS = 60  # training steps of every mixture model in a smoke run (--quick)
 SAMPLES = 4000  # samples per model for the covariance error and the sliced Wasserstein distance
 SAMPLER_STEPS = 40  # Heun steps of those samples
@@ -109,16 +118,17 @@ def sampler_steps(quick: bool) -> int:
 
 
 def run_variant(name: str, sigma_n: float, steps: int, root: Path, seed: int = 0,
-                lr: float | None = None, heun_steps: int = SAMPLER_STEPS) -> dict[str, object]:
-    """Train the variant ``name`` on the mixture at ``sigma_n`` (``seed``: the data's noise and
-    the training run; ``lr``: another learning rate) and score it, sampling with ``heun_steps``;
-    the evaluation draws are the same for every seed."""
+                lr: float | None = None, heun_steps: int = SAMPLER_STEPS,
+                points: int = POINTS) -> dict[str, object]:
+    """Train the variant ``name`` on the mixture's ``points`` training points at ``sigma_n``
+    (``seed``: the data's noise and the training run; ``lr``: another learning rate) and score
+    it, sampling with ``heun_steps``; the evaluation draws are the same for every seed."""
     clean = VARIANTS[name][1]
     cfg = default_train_config("gmm")
     cfg.engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps,
                          seed=seed, lr=lr or cfg.engine.lr)
     cfg.objective = variant_objective(name)
-    dataset = resolve_dataset(GMM, 0.0 if clean else sigma_n, seed=seed)
+    dataset = resolve_dataset(gmm_spec(points), 0.0 if clean else sigma_n, seed=seed)
     run_dir = root / f"{sigma_n}_{len(list(root.iterdir()))}"
     start = time.perf_counter()
     train(cfg, dataset, run_dir, progress=False)
@@ -182,12 +192,13 @@ def to_markdown(rows: list[dict[str, object]]) -> str:
 
 
 @functools.cache
-def deconvolution_reference(sigma_n: float, seeds: int = 5) -> dict[str, object]:
+def deconvolution_reference(sigma_n: float, seeds: int = 5,
+                            points: int = POINTS) -> dict[str, object]:
     """What the data allow at best: a method that knows the mixture's component labels and
-    Gaussian form estimates each component's covariance as the sample covariance of its noisy
-    points minus ``sigma_n^2 I`` (clipped to positive semi-definite), then is sampled and scored
-    like the models; mean over ``seeds`` draws of the training set."""
-    gmm, n = parse_gmm_spec(GMM)
+    Gaussian form estimates each component's covariance as the sample covariance of its
+    ``points`` noisy points minus ``sigma_n^2 I`` (clipped to positive semi-definite), then is
+    sampled and scored like the models; mean over ``seeds`` draws of the training set."""
+    gmm, n = parse_gmm_spec(gmm_spec(points))
     err, width = 0.0, 0.0
     for seed in range(seeds):
         g = torch.Generator().manual_seed(100 + seed)
@@ -299,13 +310,13 @@ def main() -> None:
 
 def run_shard(plan: list[tuple[str, float, int]], steps: int, out: Path, k: int, n: int,
               write_page: Callable[[list[dict[str, object]]], str], resume: bool = False,
-              heun_steps: int = SAMPLER_STEPS) -> None:
+              heun_steps: int = SAMPLER_STEPS, points: int = POINTS) -> None:
     """Run every ``n``-th ``(variant, sigma_n, seed)`` of ``plan`` from ``k``, appending each
     result to ``OUT.shardK.jsonl`` and rewriting the page from all shards' results after every
     run (so a killed run loses at most the run in progress). With ``resume`` every shard's
     results so far are kept and the runs they hold are skipped (so a plan that grew
-    a variant runs just that one, whichever shard it now falls to). ``heun_steps``: see
-    :func:`run_variant`."""
+    a variant runs just that one, whichever shard it now falls to). ``heun_steps`` and
+    ``points``: see :func:`run_variant`."""
     mine = out.with_suffix(f".shard{k}.jsonl")
     for stale in out.parent.glob(out.stem + ".shard*.jsonl"):
         if not resume and (n == 1 or stale == mine):
@@ -317,7 +328,8 @@ def run_shard(plan: list[tuple[str, float, int]], steps: int, out: Path, k: int,
             if (name, sigma_n, seed) in done:
                 continue
             start = time.time()
-            row = run_variant(name, sigma_n, steps, Path(tmp), seed, heun_steps=heun_steps)
+            row = run_variant(name, sigma_n, steps, Path(tmp), seed, heun_steps=heun_steps,
+                              points=points)
             row["seconds"] = time.time() - start
             print(json.dumps(row), flush=True)
             with mine.open("a", encoding="utf-8") as f:

@@ -35,7 +35,16 @@ from ambient.nets import build_denoiser
 from ambient.objective import training_loss
 from ambient.samplers import sample
 from ambient.train import DatasetLoss
-from consistency_ablation import GMM, PAIRS, QUICK_STEPS, SAMPLER_STEPS, SAMPLES, sampler_steps
+from consistency_ablation import (
+    GMM,
+    PAIRS,
+    POINTS,
+    QUICK_STEPS,
+    SAMPLER_STEPS,
+    SAMPLES,
+    gmm_spec,
+    sampler_steps,
+)
 
 
 class ExactAbove(nn.Module):
@@ -107,11 +116,11 @@ def estimator_bias(sigma_n: float, rows: int = 20000) -> list[dict[str, object]]
 
 def run(mode: str, sigma_n: float, steps: int, root: Path, two_draws: bool = False,
         lr: float | None = None, ode_steps: int | None = None,
-        heun_steps: int = SAMPLER_STEPS) -> dict[str, object]:
+        heun_steps: int = SAMPLER_STEPS, points: int = POINTS) -> dict[str, object]:
     """Train one model (``mode`` "learned" or "exact teacher"; the default objective, or with
     ``two_draws`` the two-draw consistency estimator; ``lr``: another learning rate,
-    ``ode_steps``: another number of ODE steps of the own-sample draws) and measure it
-    (``heun_steps``: the sampler's steps)."""
+    ``ode_steps``: another number of ODE steps of the own-sample draws) on the mixture's
+    ``points`` noisy points and measure it (``heun_steps``: the sampler's steps)."""
     gmm, _ = parse_gmm_spec(GMM)
     cfg = default_train_config("gmm")
     if two_draws:
@@ -122,7 +131,7 @@ def run(mode: str, sigma_n: float, steps: int, root: Path, two_draws: bool = Fal
         cfg.objective.consistency = replace(cfg.objective.consistency, warmup=0.0)
     engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps,
                      lr=lr or cfg.engine.lr)
-    dataset = resolve_dataset(GMM, sigma_n, seed=0)
+    dataset = resolve_dataset(gmm_spec(points), sigma_n, seed=0)
     torch.manual_seed(engine.seed)
     net = build_denoiser((gmm.dim,), kind="mlp", hidden=cfg.net["hidden"], depth=cfg.net["depth"])
     model = ExactAbove(net, gmm, sigma_n) if mode == "exact teacher" else net
@@ -154,6 +163,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--sigma-n", type=float, default=0.3)
     parser.add_argument("--budgets", type=int, nargs="+", default=[1500, 6000],
                         help="training steps of the rows (the two-draw rows: the first)")
+    parser.add_argument("--points", type=int, default=POINTS,
+                        help=f"training points of the mixture (default {POINTS})")
     parser.add_argument("--out", default="benchmarks/results/exact_teacher.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -161,18 +172,20 @@ def main(argv: list[str] | None = None) -> Path:
     heun_steps = sampler_steps(args.quick)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run(mode, args.sigma_n, steps, Path(tmp), heun_steps=heun_steps)
+        rows = [run(mode, args.sigma_n, steps, Path(tmp), heun_steps=heun_steps,
+                    points=args.points)
                 for steps in budgets for mode in ("learned", "exact teacher")]
         rows += [run(mode, args.sigma_n, budgets[0], Path(tmp), two_draws=True,
-                     heun_steps=heun_steps) for mode in ("learned", "exact teacher")]
+                     heun_steps=heun_steps, points=args.points)
+                 for mode in ("learned", "exact teacher")]
     gmm, _ = parse_gmm_spec(GMM)
-    dataset = resolve_dataset(GMM, args.sigma_n, seed=0)
+    dataset = resolve_dataset(gmm_spec(args.points), args.sigma_n, seed=0)
     exact_loss = mean_consistency(gmm.denoiser, dataset.y, dataset.sigma_n)
     report = Report("Consistency with an exact teacher above sigma_n")
     rerun = command_line("benchmarks/consistency_exact_teacher.py", argv)
     report.text(f"Rerun: `{rerun}`. "
-                f"{time.perf_counter() - start:.0f} s on one "
-                f"CPU thread. Data: {GMM} at sigma_n = {args.sigma_n:g}; MLP 128x3, batch 512, "
+                f"{time.perf_counter() - start:.0f} s on one CPU thread. Data: "
+                f"{gmm_spec(args.points)} at sigma_n = {args.sigma_n:g}; MLP 128x3, batch 512, "
                 f"EMA weights, the default objective ('two draws': with the two-draw consistency "
                 f"estimator instead); {heun_steps}-step Heun sampling. 'exact teacher': the "
                 f"analytic posterior mean replaces the network above sigma_n, so only the "

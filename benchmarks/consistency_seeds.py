@@ -20,12 +20,14 @@ import torch
 
 from ambient.defaults import defaults_summary
 from consistency_ablation import (
-    GMM,
     MAIN,
+    POINTS,
     QUICK_STEPS,
     SHARDS_HINT,
     SIGMAS,
     add_shard_arguments,
+    deconvolution_reference,
+    gmm_spec,
     noise_floors,
     read_rows,
     run_shard,
@@ -62,9 +64,10 @@ def plan_for(seeds: list[int], sigmas: list[float],
                for key in candidates])
 
 
-def summarise(rows: list[dict[str, object]]) -> str:
+def summarise(rows: list[dict[str, object]], points: int = POINTS) -> str:
     """The markdown table: one line per (sigma_n, candidate), mean ± sd of each metric over the
-    seeds present, and the per-seed excess ratio to the no-consistency model (paired by seed)."""
+    seeds present, and the per-seed excess ratio to the no-consistency model (paired by seed);
+    per sigma_n, the best case the ``points`` noisy points allow (its covariance figures)."""
     by = {(r["variant"], r["sigma_n"], r["seed"]): r for r in rows}
     cols = (["variant", "sigma_n", "seeds"] + METRICS
             + [f"{m} / no consistency" for m in RATIOS])
@@ -89,23 +92,29 @@ def summarise(rows: list[dict[str, object]]) -> str:
             lines.append(f"| {name.strip()} | {sigma_n:g} | {len(mine)} | "
                          + " | ".join(mean_sd([float(r[m]) for r in mine], ".3g") for m in METRICS)
                          + " | " + " | ".join(ratios) + " |")
+        best = deconvolution_reference(sigma_n, points=points)
+        lines.append(f"| {best['variant']} | {sigma_n:g} | | | | {best['cov_err']:.3g} | "
+                     f"{best['width']:.3g} |" + " |" * (len(cols) - 7))
     return "\n".join(lines) + "\n"
 
 
 def write(rows: list[dict[str, object]], steps: int, seeds: list[int], out: Path,
-          flags: str, heun_steps: int) -> str:
-    text = (f"Gaussian mixture ({GMM}), the ablation's MLP 128x3 and evaluation ({heun_steps}-step "
-            f"Heun sampling), {steps} steps of batch 512 per run, seeds "
+          flags: str, heun_steps: int, points: int = POINTS) -> str:
+    text = (f"Gaussian mixture ({gmm_spec(points)}), the ablation's MLP 128x3 and evaluation "
+            f"({heun_steps}-step Heun sampling), {steps} steps of batch 512 per run, seeds "
             f"{', '.join(map(str, seeds))} (the data's noise and the training run; seed 0 is the "
             f"ablation's run). Cells: mean ± sd over seeds. The "
             f"ratio columns divide each seed's excess error by the no-consistency model's at the "
             f"same seed (target: at most 0.5; for the cap-1 candidate, the cap-1 no-consistency "
             f"model's). {len(rows)} runs, "
             f"{sum(float(r['seconds']) for r in rows):.0f} s of training + evaluation. Step-cost "
-            f"ratios of these options: see the step-cost table. {noise_floors()} "
+            f"ratios of these options: see the step-cost table. {noise_floors()} The 'best "
+            f"case' rows: what the {points} noisy points allow a method that knows the "
+            f"component labels and Gaussian form (each component's noisy sample covariance "
+            f"minus sigma_n^2 I, sampled and scored like the models; mean of 5 training sets). "
             f"{defaults_summary()}\n\n"
             f"Rerun: `python benchmarks/consistency_seeds.py{flags}` {SHARDS_HINT}.\n\n"
-            + summarise(rows))
+            + summarise(rows, points))
     tmp = out.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
@@ -120,6 +129,8 @@ def main() -> None:
                         help=f"data noise levels (default: the ablation's {list(SIGMAS)})")
     parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES),
                         default=CLOSE_OPTIONS)
+    parser.add_argument("--points", type=int, default=POINTS,
+                        help=f"training points of the mixture (default {POINTS})")
     args = parser.parse_args()
     torch.set_num_threads(1)
     # --quick (the smoke run) overrides the budget: QUICK_STEPS steps, one seed, the first sigma_n
@@ -135,15 +146,16 @@ def main() -> None:
                       *(["--sigmas", *map(str, args.sigmas)] if args.sigmas else []),
                       *(["--candidates", *args.candidates]
                         if args.candidates != CLOSE_OPTIONS else []),
+                      *([f"--points {args.points}"] if args.points != POINTS else []),
                       *([f"--out benchmarks/results/{out.name}"]
                         if out.name != Path(parser.get_default("out")).name else [])])
     heun_steps = sampler_steps(args.quick)
     if args.assemble:
-        print(write(read_rows(out), steps, seeds, out, flags, heun_steps))
+        print(write(read_rows(out), steps, seeds, out, flags, heun_steps, args.points))
         return
     run_shard(plan_for(seeds, sigmas, args.candidates), steps, out, k, n,
-              lambda rows: write(rows, steps, seeds, out, flags, heun_steps), args.resume,
-              heun_steps)
+              lambda rows: write(rows, steps, seeds, out, flags, heun_steps, args.points),
+              args.resume, heun_steps, args.points)
 
 if __name__ == "__main__":
     main()

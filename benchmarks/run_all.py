@@ -57,11 +57,19 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "training budget (24000 steps, one seed)",
      ["consistency_seeds.py", "--steps", "24000", "--seeds", "0", "--sigmas", "0.15",
       "--candidates", "none", "default"]),
+    ("consistency_points.md", "Gaussian mixture with 8 times the training points (131072): the "
+     "default vs no consistency at four times the training budget",
+     ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3",
+      "--points", "131072", "--candidates", "none", "default"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
     ("exact_teacher_0.15.md", "Diagnostic: consistency with an exact teacher above sigma_n = "
      "0.15, up to 24000 steps",
      ["consistency_exact_teacher.py", "--sigma-n", "0.15", "--budgets", "1500", "6000", "24000"]),
+    ("exact_teacher_points.md", "Diagnostic: consistency with an exact teacher above sigma_n = "
+     "0.15, with 8 times the training points (131072)",
+     ["consistency_exact_teacher.py", "--sigma-n", "0.15", "--budgets", "6000", "--points",
+      "131072"]),
     ("consistency_plateau.md", "Diagnostic: the exact-teacher plateau at sigma_n = 0.15 against "
      "the learning rate and the ODE steps", ["consistency_plateau.py"]),
     ("consistency_probes.md", "Diagnostic: probes of the own-sample fixed point",
@@ -112,6 +120,7 @@ PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra argume
     *[(f"digits_unet_6000{tag}_s{seed}.md", []) for tag in ("", "_cap1") for seed in (0, 1, 2)],
     ("digits_unet_6000_mixed_s0.md", []),
     ("exact_teacher_0.15.md", []),
+    ("exact_teacher_points.md", []),
     ("consistency_plateau.md", []),
     ("consistency.md", ["--shard", "0/2"]),
     ("consistency.md", ["--shard", "1/2"]),
@@ -120,7 +129,8 @@ PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra argume
     ("consistency_budget.md", ["--shard", "0/2"]),
     ("consistency_budget.md", ["--shard", "1/2"]),
     *[(f"consistency_{name}.md", ["--shard", f"{k}/2"])
-      for name in ("long", "cap1_budget", "levels_budget", "cap1", "levels") for k in (0, 1)],
+      for name in ("long", "cap1_budget", "levels_budget", "points", "cap1", "levels")
+      for k in (0, 1)],
     ("digits_unet.md", []),
     ("digits_unet_levels.md", []),
     ("digits_unet_cap1.md", []),
