@@ -87,6 +87,9 @@ METHODS = {
     "ambient_mixed_levels": Method(
         "ambient + consistency, own samples, mixed levels", "ambient", True, ("full",),
         tuple(VARIANTS["  own samples, mixed levels"][2].items())),
+    "ambient_lift_1": Method(
+        "ambient + consistency, own samples from the data (lift 1)", "ambient", True, ("full",),
+        tuple(VARIANTS["  own samples from the data (lift 1)"][2].items())),
     "ambient_cap1_no_consistency": Method(
         "ambient, no consistency, paper weighting (cap 1)", "ambient", False, ("full", "truncated"),
         settings=(("weight_cap", 1.0),)),

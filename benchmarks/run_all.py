@@ -53,6 +53,13 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
           ("", ", three seeds", []),
           ("_budget", " at four times the training budget",
            ["--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3"])]],
+    *[(f"consistency_lift{tag}.md", f"Gaussian mixture: the own-sample draws started at the "
+       f"data (lift 1) vs lifted to 1.1 sigma_n (the default){title}",
+       ["consistency_seeds.py", *budget, "--candidates", "none", "default", "lift-1"])
+      for tag, title, budget in [
+          ("", ", three seeds", []),
+          ("_budget", " at four times the training budget",
+           ["--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3"])]],
     ("consistency_long.md", "Gaussian mixture at sigma_n = 0.15: the default at 16 times the "
      "training budget (24000 steps, one seed)",
      ["consistency_seeds.py", "--steps", "24000", "--seeds", "0", "--sigmas", "0.15",
@@ -95,6 +102,10 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
       for tag, prefix, title in [("", "", ""), ("_cap1", "_cap1", ", paper's ambient weighting "
                                                "(weight cap 1)")]
       for seed in (0, 1, 2)],
+    ("digits_unet_6000_lift1_s0.md", "Digits with a small UNet at four times the training budget "
+     "(6000 steps): the own-sample draws started at the data (lift 1), seed 0",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "--steps", "6000",
+      "--methods", "ambient_no_consistency", "ambient_lift_1"]),
     ("digits_unet_6000_mixed_s0.md", "Digits with a small UNet at four times the training budget "
      "(6000 steps): the consistency term's levels below sigma_n, mixed (half log-normal, half "
      "log-uniform), seed 0",
@@ -119,6 +130,7 @@ COMMAND = {page: command for page, _, command in SECTIONS}
 PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra arguments)
     *[(f"digits_unet_6000{tag}_s{seed}.md", []) for tag in ("", "_cap1") for seed in (0, 1, 2)],
     ("digits_unet_6000_mixed_s0.md", []),
+    ("digits_unet_6000_lift1_s0.md", []),
     ("exact_teacher_0.15.md", []),
     ("exact_teacher_points.md", []),
     ("consistency_plateau.md", []),
@@ -129,7 +141,8 @@ PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra argume
     ("consistency_budget.md", ["--shard", "0/2"]),
     ("consistency_budget.md", ["--shard", "1/2"]),
     *[(f"consistency_{name}.md", ["--shard", f"{k}/2"])
-      for name in ("long", "cap1_budget", "levels_budget", "points", "cap1", "levels")
+      for name in ("long", "cap1_budget", "levels_budget", "lift_budget", "points", "cap1",
+                   "levels", "lift")
       for k in (0, 1)],
     ("digits_unet.md", []),
     ("digits_unet_levels.md", []),
