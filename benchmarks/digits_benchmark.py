@@ -90,6 +90,10 @@ METHODS = {
     "ambient_lift_1": Method(
         "ambient + consistency, own samples from the data (lift 1)", "ambient", True, ("full",),
         tuple(VARIANTS["  own samples from the data (lift 1)"][2].items())),
+    "ambient_lift_1_1": Method(
+        "ambient + consistency, own samples from 1.1 sigma_n (lift 1.1, the previous default)",
+        "ambient", True, ("full",),
+        tuple(VARIANTS["  own samples from 1.1 sigma_n (lift 1.1, the previous default)"][2].items())),
     "ambient_cap1_no_consistency": Method(
         "ambient, no consistency, paper weighting (cap 1)", "ambient", False, ("full", "truncated"),
         settings=(("weight_cap", 1.0),)),

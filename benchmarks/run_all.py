@@ -54,8 +54,8 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
           ("_budget", " at four times the training budget",
            ["--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3"])]],
     *[(f"consistency_lift{tag}.md", f"Gaussian mixture: the own-sample draws started at the "
-       f"data (lift 1) vs lifted to 1.1 sigma_n (the default){title}",
-       ["consistency_seeds.py", *budget, "--candidates", "none", "default", "lift-1"])
+       f"data (lift 1, the default) vs lifted to 1.1 sigma_n (the previous default){title}",
+       ["consistency_seeds.py", *budget, "--candidates", "none", "default", "lift-1.1"])
       for tag, title, budget in [
           ("", ", three seeds", []),
           ("_budget", " at four times the training budget",
@@ -103,9 +103,9 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
                                                "(weight cap 1)")]
       for seed in (0, 1, 2)],
     ("digits_unet_6000_lift1_s0.md", "Digits with a small UNet at four times the training budget "
-     "(6000 steps): the own-sample draws started at the data (lift 1), seed 0",
+     "(6000 steps): the own-sample draws lifted to 1.1 sigma_n (the previous default), seed 0",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "--steps", "6000",
-      "--methods", "ambient_no_consistency", "ambient_lift_1"]),
+      "--methods", "ambient_no_consistency", "ambient_lift_1_1"]),
     ("digits_unet_6000_mixed_s0.md", "Digits with a small UNet at four times the training budget "
      "(6000 steps): the consistency term's levels below sigma_n, mixed (half log-normal, half "
      "log-uniform), seed 0",

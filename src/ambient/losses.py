@@ -309,20 +309,23 @@ def own_sample_loss(
         loss   = lambda(sigma') * mean((D(x0_hat + sigma' eps, sigma') - x0_hat)^2)
 
     Its minimiser makes ``D(., sigma')`` the posterior mean of the law ``q`` of the model's own
-    draws, which is the consistency property. Above ``s`` the ambient loss pins ``D`` to the
-    truth, so at the fixed point ``q * N(0, s^2) = p_s``, whose only solution is ``p_0``: the
-    fixed point is the exact denoiser. The ODE is deterministic and started at ``lift * s``
-    (just above the data's level, where ``D`` is trained); on a Gaussian of variance ``v`` one
-    refit moves the model's variance towards ``v`` by the factor ``(lift s)^2 / (v + (lift s)^2)``
-    (the ancestral SDE: ``1 - (v / (v + s^2))^2``, slower), so directions where the clean data
-    barely vary relative to ``s`` converge slowly, and the same slowness amplifies any error
-    the targets carry (the ODE's discretisation, the network's own error below ``s``) at the
-    fixed point by about ``1 / (1 - factor)``: on that Gaussian
-    (``v = 0.01``, ``s = 0.3``, lift 1.1, 6 steps) the fixed point's variance is 1.96 v on the EDM
-    schedule (rho = 7) and 1.16 v on the geometric one (rho = inf), hence the default; fewer
-    steps shrink it (4 steps: 0.65 v; 3: the draws collapse), and where ``v << s^2`` no step
-    count is exact (``benchmarks/consistency_probes.py``, part 1b). Cost:
-    ``steps + 1`` forward evaluations without a graph, then one with a graph."""
+    draws, which is the consistency property. With ``lift = 1`` (the default) the ODE starts at
+    the data, exact draws of ``p_s``, and uses ``D`` only at and below ``s``; when ``D`` is the
+    posterior mean of ``q`` its ODE flow maps ``q * N(0, s^2)`` to ``q``, and being invertible it
+    maps ``p_s`` to ``q`` only if ``q * N(0, s^2) = p_s``, whose only solution is ``p_0``: the
+    fixed point is the exact denoiser. With ``lift > 1`` fresh noise first takes the data to
+    ``lift * s`` and the ambient loss, which pins ``D`` to the truth above ``s``, carries the
+    draws down to ``s``. On a Gaussian of variance ``v`` one refit moves the model's variance
+    towards ``v`` by the factor ``(lift s)^2 / (v + (lift s)^2)`` (the ancestral SDE:
+    ``1 - (v / (v + s^2))^2``, slower), so directions where the clean data barely vary relative
+    to ``s`` converge slowly, and the same slowness amplifies any error the targets carry (the
+    ODE's discretisation, the network's own error) at the fixed point by about
+    ``1 / (1 - factor)``: on that Gaussian (``v = 0.01``, ``s = 0.3``, lift 1.1, 6 steps) the
+    fixed point's variance is 1.96 v on the EDM schedule (rho = 7) and 1.16 v on the geometric
+    one (rho = inf), hence the default (1.09 v with lift 1); fewer steps shrink it (4 steps:
+    0.65 v; 3: the draws collapse), and where ``v << s^2`` no step count is exact
+    (``benchmarks/consistency_probes.py``, part 1b). Cost: ``steps + 1`` forward evaluations
+    without a graph, then one with a graph."""
     x0 = own_samples(denoiser, y, sigma_n, lift, steps, sigma_min, generator, rho)
     eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
     return dsm_loss(denoiser, x0, sigma_next, eps, sigma_data)
