@@ -67,7 +67,7 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
     ("consistency_points.md", "Gaussian mixture with 8 times the training points (131072): the "
      "default vs no consistency at four times the training budget",
      ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3",
-      "--points", "131072", "--candidates", "none", "default"]),
+      "--candidates", "none", "default", "--points", "131072"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
     ("exact_teacher_0.15.md", "Diagnostic: consistency with an exact teacher above sigma_n = "
