@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ambient.defaults import DEFAULT_CONSISTENCY
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -100,7 +102,8 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
         assert label in plateau, label
 
     probes = (tmp_path / "consistency_probes.md").read_text(encoding="utf-8")
-    for label in ("| fresh draws of p0 (the truth) |", "| Gaussian posterior at 1.1 sigma_n | 0.3 |",
+    lift = f"{DEFAULT_CONSISTENCY.lift:g}"
+    for label in ("| fresh draws of p0 (the truth) |", f"| Gaussian posterior at {lift} sigma_n | 0.3 |",
                   "| draws by an EMA copy (half-life 50 steps) |", "| two levels sigma' per draw |",
                   "| mixture components at sigma_n = 0.3 |"):
         assert label in probes, label
