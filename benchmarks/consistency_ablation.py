@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ambient.checkpoint import atomic_write_text
 from ambient.data import GaussianMixture, parse_gmm_spec, resolve_dataset
 from ambient.defaults import DEFAULT_CONSISTENCY, default_train_config, defaults_summary
 from ambient.evaluate.exactness import (
@@ -247,9 +248,7 @@ def write(rows: list[dict[str, object]], steps: int, out: Path, quick: bool) -> 
             f"Rerun: `python benchmarks/consistency_ablation.py{' --quick' if quick else ''}` "
             f"{SHARDS_HINT}.\n\n" + to_markdown(rows)
             + excess_plots(rows, out.with_suffix("")))
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, text)
     return text
 
 
@@ -303,12 +302,14 @@ def main() -> None:
     k, n = (int(p) for p in args.shard.split("/"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    def write_page(rows: list[dict[str, object]]) -> str:
+        return write(rows, steps, out, args.quick)
+
     if args.assemble:
-        print(write(read_rows(out), steps, out, args.quick))
+        print(refresh_page(out, write_page))
         return
     run_shard([(name, sigma_n, 0) for name, sigma_n in plan_for(args.quick)], steps, out, k, n,
-              lambda rows: write(rows, steps, out, args.quick), args.resume,
-              sampler_steps(args.quick))
+              write_page, args.resume, sampler_steps(args.quick))
 
 
 def run_shard(plan: list[tuple[str, float, int]], steps: int, out: Path, k: int, n: int,
@@ -337,8 +338,23 @@ def run_shard(plan: list[tuple[str, float, int]], steps: int, out: Path, k: int,
             print(json.dumps(row), flush=True)
             with mine.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-            text = write_page(read_rows(out))
+            text = refresh_page(out, write_page)
     print(text)
+
+
+def refresh_page(out: Path, write_page: Callable[[list[dict[str, object]]], str]) -> str:
+    """Write the page from every shard's results, again until they hold still while it is
+    written. Every shard calls this after each result it appends, so the last page written
+    holds every result: whoever writes last re-reads after its write, which follows every
+    other shard's last append (a single read could miss a row appended while the page was
+    being made and leave a stale page last)."""
+    rows = read_rows(out)
+    while True:
+        text = write_page(rows)
+        latest = read_rows(out)
+        if latest == rows:
+            return text
+        rows = latest
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ambient.checkpoint import atomic_write_text
 from ambient.defaults import defaults_summary
 from consistency_ablation import (
     MAIN,
@@ -29,7 +30,7 @@ from consistency_ablation import (
     deconvolution_reference,
     gmm_spec,
     noise_floors,
-    read_rows,
+    refresh_page,
     run_shard,
     sampler_steps,
 )
@@ -118,9 +119,7 @@ def write(rows: list[dict[str, object]], steps: int, seeds: list[int], out: Path
             f"{defaults_summary()}\n\n"
             f"Rerun: `python benchmarks/consistency_seeds.py{flags}` {SHARDS_HINT}.\n\n"
             + summarise(rows, points))
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, text)
     return text
 
 
@@ -153,11 +152,13 @@ def main() -> None:
                       *([f"--out benchmarks/results/{out.name}"]
                         if out.name != Path(parser.get_default("out")).name else [])])
     heun_steps = sampler_steps(args.quick)
+    def write_page(rows: list[dict[str, object]]) -> str:
+        return write(rows, steps, seeds, out, flags, heun_steps, args.points)
+
     if args.assemble:
-        print(write(read_rows(out), steps, seeds, out, flags, heun_steps, args.points))
+        print(refresh_page(out, write_page))
         return
-    run_shard(plan_for(seeds, sigmas, args.candidates), steps, out, k, n,
-              lambda rows: write(rows, steps, seeds, out, flags, heun_steps, args.points),
+    run_shard(plan_for(seeds, sigmas, args.candidates), steps, out, k, n, write_page,
               args.resume, heun_steps, args.points)
 
 if __name__ == "__main__":

@@ -287,10 +287,6 @@ def main(argv: list[str] | None = None) -> Path:
         jobs = quick_jobs(results) if args.quick else PARALLEL_JOBS
         with ThreadPoolExecutor(max_workers=2) as pool:
             list(pool.map(lambda job: run(*job, args.quick, results), jobs))
-        # a sharded page is rewritten by each shard as it goes, so two shards that finish
-        # together can leave the other's stale page last: rebuild it from every shard's results
-        for page in dict.fromkeys(page for page, extra in jobs if "--shard" in extra):
-            run(page, ["--assemble"], args.quick, results)
         run("step_cost.md", ["--rounds", "1"] if args.quick else [], args.quick, results)
         (results / "run_all_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n",
                                                      encoding="utf-8")

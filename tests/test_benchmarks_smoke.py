@@ -270,6 +270,29 @@ def test_a_killed_shard_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert len(ablation.read_rows(out)) == 4  # shard 1's c is left alone
 
 
+def test_the_last_page_written_holds_every_shards_results(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard whose page is being made while the other shard appends its last result writes
+    again from the fresh results, so the page left last is never a stale one."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    ablation = importlib.import_module("consistency_ablation")
+    out = tmp_path / "page.md"
+    (tmp_path / "page.shard0.jsonl").write_text('{"variant": "a"}\n')
+    written: list[list[str]] = []
+
+    def write_page(rows: list[dict[str, object]]) -> str:
+        if not written:  # the other shard appends while this page is made
+            with (tmp_path / "page.shard1.jsonl").open("a") as f:
+                f.write('{"variant": "b"}\n')
+        written.append([str(r["variant"]) for r in rows])
+        ablation.atomic_write_text(out, " ".join(written[-1]))
+        return out.read_text()
+
+    assert ablation.refresh_page(out, write_page) == "a b"
+    assert written == [["a"], ["a", "b"]] and out.read_text() == "a b"
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
+
+
 def test_gaussian_fixed_point_of_the_refit(monkeypatch: pytest.MonkeyPatch) -> None:
     """The probes' root finder agrees with iterating the refit (test_losses: 1.16 v for v = 0.01,
     sigma_n = 0.3, 6 steps, lift 1.1; the default lift 1 settles closer), many ODE steps are

@@ -10,11 +10,12 @@ import html
 import os
 import shlex
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from ambient.checkpoint import atomic_write_text
 
 Row = Any  # a Mapping or a dataclass instance (cells by column name) or a Sequence of cells
 
@@ -44,18 +45,6 @@ def _format(value: Any, digits: int) -> str:
 
 def _md_row(values: Sequence[str]) -> str:
     return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class Report:
@@ -150,9 +139,9 @@ class Report:
         if path.suffix != ".md":
             path = path / "report.md"
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, self.markdown(path.parent))
+        atomic_write_text(path, self.markdown(path.parent))
         if html:
-            _write_atomic(path.with_suffix(".html"), self.html(path.parent))
+            atomic_write_text(path.with_suffix(".html"), self.html(path.parent))
         return path
 
 
