@@ -299,9 +299,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
         with contextlib.suppress(json.JSONDecodeError, TypeError, KeyError):
             if json.loads(line)["step"] <= last_step:
                 kept.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    ck.atomic_write_text(path, "".join(kept))
 
 
 # ------------------------------------------------------------------------------- engine
