@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ambient.checkpoint import atomic_write_text
 from ambient.data import GaussianMixture, parse_gmm_spec, resolve_dataset
 from ambient.defaults import DEFAULT_CONSISTENCY, default_train_config, defaults_summary
 from ambient.evaluate.exactness import (
@@ -37,6 +36,7 @@ from ambient.evaluate.exactness import (
     sw_noise_floor,
 )
 from ambient.evaluate.plots import plot_excess_error
+from ambient.files import atomic_write_text
 from ambient.generate import generate
 from ambient.objective import ObjectiveConfig
 from ambient.train import load_run, train
@@ -302,6 +302,7 @@ def main() -> None:
     k, n = (int(p) for p in args.shard.split("/"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+
     def write_page(rows: list[dict[str, object]]) -> str:
         return write(rows, steps, out, args.quick)
 

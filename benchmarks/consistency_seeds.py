@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ambient.checkpoint import atomic_write_text
 from ambient.defaults import defaults_summary
+from ambient.files import atomic_write_text
 from consistency_ablation import (
     MAIN,
     POINTS,
@@ -152,6 +152,7 @@ def main() -> None:
                       *([f"--out benchmarks/results/{out.name}"]
                         if out.name != Path(parser.get_default("out")).name else [])])
     heun_steps = sampler_steps(args.quick)
+
     def write_page(rows: list[dict[str, object]]) -> str:
         return write(rows, steps, seeds, out, flags, heun_steps, args.points)
 

@@ -292,14 +292,14 @@ def test_no_free_space_fails_before_training(tmp_path, monkeypatch):
 
 
 def test_disk_full_while_checkpointing_keeps_previous(tmp_path, monkeypatch):
-    real_write = ck._write_bytes
+    real_write = ck.write_durably
 
     def full_disk(path: Path, data: bytes) -> None:
         if ck.checkpoint_name(20) in str(path):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_write(path, data)
 
-    monkeypatch.setattr(ck, "_write_bytes", full_disk)
+    monkeypatch.setattr(ck, "write_durably", full_disk)
     with pytest.raises(AmbientError, match=r"No space left.*step_00000010 is intact"):
         _train(tmp_path, steps=30)
     assert [p.name for p in ck.list_checkpoints(tmp_path)] == [ck.checkpoint_name(10)]

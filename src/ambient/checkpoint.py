@@ -19,7 +19,6 @@ tensors only, and anything that looks like a pickle or a zip (``torch.save``) is
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -37,6 +36,7 @@ from torch import Tensor
 
 from ambient import __version__
 from ambient.errors import AmbientError
+from ambient.files import atomic_write_text, fsync_dir, write_durably
 
 logger = logging.getLogger(__name__)
 
@@ -71,38 +71,8 @@ class Checkpoint:
 # ----------------------------------------------------------------------------------- files
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (best effort: not every platform can open a directory)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file of this process and
-    ``os.replace``: a reader, or another process writing the same path, sees the old file or
-    a whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        _write_bytes(tmp, text.encode("utf-8"))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` with :func:`atomic_write_text`."""
+    """Write ``obj`` as JSON to ``path`` with :func:`ambient.files.atomic_write_text`."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
@@ -171,7 +141,7 @@ def check_run_dir(run_dir: Path, bytes_per_checkpoint: int, count: int) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
-        _write_bytes(probe, b"ok")
+        write_durably(probe, b"ok")
         probe.unlink()
     except OSError as e:
         raise AmbientError(f"run directory {run_dir} is not writable ({e.strerror or e}); fix: "
@@ -249,7 +219,7 @@ def _serialise(tensors: Mapping[str, Tensor], path: Path) -> str:
     """Write ``tensors`` as safetensors to ``path`` (fsynced); returns the file's sha256."""
     data = safetensors.torch.save(
         {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()})
-    _write_bytes(path, data)
+    write_durably(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -270,7 +240,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint, keep: int) -> Path:
         state = {"step": ckpt.step, "format_version": FORMAT_VERSION,
                  "ambient_version": __version__, "config_hash": ckpt.config_hash,
                  "files": files, "optimizer": ckpt.optimizer_meta, "extra": ckpt.extra}
-        _write_bytes(tmp / STATE_FILE, json.dumps(state, indent=2, sort_keys=True).encode())
+        write_durably(tmp / STATE_FILE, json.dumps(state, indent=2, sort_keys=True).encode())
         _replace_dir(tmp, final)
         _write_latest(root, final.name)
     except OSError as e:
@@ -294,14 +264,11 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def _write_latest(root: Path, name: str) -> None:
-    tmp = root / f".{LATEST}.tmp-{os.getpid()}"
-    _write_bytes(tmp, (name + "\n").encode())
-    os.replace(tmp, root / LATEST)
-    _fsync_dir(root)
+    atomic_write_text(root / LATEST, name + "\n")
 
 
 def _rotate(run_dir: Path, keep: int) -> None:

@@ -55,6 +55,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ambient import checkpoint as ck
 from ambient.errors import AmbientError
+from ambient.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
         with contextlib.suppress(json.JSONDecodeError, TypeError, KeyError):
             if json.loads(line)["step"] <= last_step:
                 kept.append(line + "\n")
-    ck.atomic_write_text(path, "".join(kept))
+    atomic_write_text(path, "".join(kept))
 
 
 # ------------------------------------------------------------------------------- engine

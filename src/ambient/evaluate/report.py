@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ambient.checkpoint import atomic_write_text
+from ambient.files import atomic_write_text
 
 Row = Any  # a Mapping or a dataclass instance (cells by column name) or a Sequence of cells
 
