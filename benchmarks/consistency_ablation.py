@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -171,6 +172,18 @@ def noise_floors() -> str:
             f"{sw:.3g} and cov_err {cov:.3g}.")
 
 
+def machine() -> str:
+    """What a run ran on, for its page: the torch version and the CPU threads."""
+    return f"torch {torch.__version__}, {os.cpu_count()} CPU threads"
+
+
+def machines(rows: list[dict[str, object]]) -> str:
+    """A sentence for a page: the machines its runs were made on (rows from before this was
+    recorded were made on the 2-core machine of the other pages)."""
+    seen = sorted({str(r.get("machine", "the 2-core machine (not recorded)")) for r in rows})
+    return f"Runs made with: {'; '.join(seen)}."
+
+
 def fresh_draws(gmm: GaussianMixture) -> Tensor:
     """The fixed set of fresh p0 draws every model's samples are compared with."""
     return gmm.sample(SAMPLES, generator=torch.Generator().manual_seed(7))
@@ -225,7 +238,7 @@ def deconvolution_reference(sigma_n: float, seeds: int = 5,
 def write(rows: list[dict[str, object]], steps: int, out: Path, quick: bool) -> str:
     order = {(name, sn): i for i, (name, sn) in enumerate(plan_for(quick))}
     rows = sorted(rows, key=lambda r: order.get((r["variant"], r["sigma_n"]), len(order)))
-    total, runs = sum(float(r["seconds"]) for r in rows), len(rows)
+    total, runs, made = sum(float(r["seconds"]) for r in rows), len(rows), machines(rows)
     rows = [out_row for r in rows for out_row in
             ([r, deconvolution_reference(float(r["sigma_n"]))] if r["variant"] == MAIN[0] else [r])]
     text = (f"Gaussian mixture ({GMM}), MLP 128x3, {steps} steps of batch 512 per variant, "
@@ -240,7 +253,8 @@ def write(rows: list[dict[str, object]], steps: int, out: Path, quick: bool) -> 
             f"of {SAMPLES} samples to {SAMPLES} fresh draws of p0. {noise_floors()} "
             f"ms/step is wall time on a "
             f"shared machine (2 runs in parallel): use benchmarks/step_cost.py for cost ratios. "
-            f"{runs} runs, {total:.0f} s of training + evaluation. The 'best case' rows are a "
+            f"{runs} runs, {total:.0f} s of training + evaluation ({made}) The 'best "
+            f"case' rows are a "
             f"reference no method can be expected to beat (up to shrinkage): component labels "
             f"and Gaussian form known, each component's noisy sample covariance minus "
             f"sigma_n^2 I, sampled and scored like the models (mean of 5 training sets). "
@@ -336,6 +350,7 @@ def run_shard(plan: list[tuple[str, float, int]], steps: int, out: Path, k: int,
             row = run_variant(name, sigma_n, steps, Path(tmp), seed, heun_steps=heun_steps,
                               points=points)
             row["seconds"] = time.time() - start
+            row["machine"] = machine()
             print(json.dumps(row), flush=True)
             with mine.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")

@@ -29,6 +29,7 @@ from consistency_ablation import (
     add_shard_arguments,
     deconvolution_reference,
     gmm_spec,
+    machines,
     noise_floors,
     refresh_page,
     run_shard,
@@ -111,7 +112,8 @@ def write(rows: list[dict[str, object]], steps: int, seeds: list[int], out: Path
             f"ratio columns divide each seed's excess error by the no-consistency model's at the "
             f"same seed (target: at most 0.5; for the cap-1 candidate, the cap-1 no-consistency "
             f"model's). {len(rows)} runs, "
-            f"{sum(float(r['seconds']) for r in rows):.0f} s of training + evaluation. Step-cost "
+            f"{sum(float(r['seconds']) for r in rows):.0f} s of training + evaluation "
+            f"({machines(rows)}) Step-cost "
             f"ratios of these options: see the step-cost table. {noise_floors()} The 'best "
             f"case' rows: what the {points} noisy points allow a method that knows the "
             f"component labels and Gaussian form (each component's noisy sample covariance "

@@ -4,11 +4,13 @@
     python benchmarks/run_all.py --quick      # smoke versions into a temp folder (minutes;
                                               # pages differing only in --steps / --seeds once)
     python benchmarks/run_all.py --assemble   # only rebuild RESULTS.md from benchmarks/results/
+    python benchmarks/run_all.py --only consistency_lift.md --workers 16 --shards 8
+                                              # some pages, on a machine with more cores
 
-The single-threaded training benchmarks run two at a time (one per core); the step-cost
-benchmark, which times steps on 2 threads, runs alone after them. The pages of GPU_SECTIONS
-need a CUDA GPU and are not run here (`bash benchmarks/gpu_checks.sh OUT`, or the command on
-each page); RESULTS.md collects those present in benchmarks/results/.
+The single-threaded training benchmarks run --workers at a time (default two, one per core
+here); the step-cost benchmark, which times steps on 2 threads, runs alone after them. The
+pages of GPU_SECTIONS need a CUDA GPU and are not run here (`bash benchmarks/gpu_checks.sh
+OUT`, or the command on each page); RESULTS.md collects those present in benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "default vs no consistency at four times the training budget",
      ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3",
       "--candidates", "none", "default", "--points", "131072"]),
+    ("consistency_points_seeds.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
+     "points (131072), eight seeds: the default vs no consistency at four times the training "
+     "budget",
+     ["consistency_seeds.py", "--steps", "6000", "--seeds", *map(str, range(8)), "--sigmas",
+      "0.15", "--candidates", "none", "default", "--points", "131072"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
     ("exact_teacher_0.15.md", "Diagnostic: consistency with an exact teacher above sigma_n = "
@@ -127,33 +134,47 @@ GPU_SECTIONS = [  # (results page, title): written on a GPU by the command each 
     ("latent_forward.md", "On a GPU: SDXL UNet forward latency by batch size"),
 ]
 COMMAND = {page: command for page, _, command in SECTIONS}
-PARALLEL_JOBS = [  # single-threaded, longest first: (results page, extra arguments)
-    *[(f"digits_unet_6000{tag}_s{seed}.md", []) for tag in ("", "_cap1") for seed in (0, 1, 2)],
-    ("digits_unet_6000_mixed_s0.md", []),
-    ("digits_unet_6000_lift1_s0.md", []),
-    ("exact_teacher_0.15.md", []),
-    ("exact_teacher_points.md", []),
-    ("consistency_plateau.md", []),
-    ("consistency.md", ["--shard", "0/2"]),
-    ("consistency.md", ["--shard", "1/2"]),
-    ("consistency_seeds.md", ["--shard", "0/2"]),
-    ("consistency_seeds.md", ["--shard", "1/2"]),
-    ("consistency_budget.md", ["--shard", "0/2"]),
-    ("consistency_budget.md", ["--shard", "1/2"]),
-    *[(f"consistency_{name}.md", ["--shard", f"{k}/2"])
-      for name in ("long", "cap1_budget", "levels_budget", "lift_budget", "points", "cap1",
-                   "levels", "lift")
-      for k in (0, 1)],
-    ("digits_unet.md", []),
-    ("digits_unet_levels.md", []),
-    ("digits_unet_cap1.md", []),
-    ("digits_unet_options.md", []),
-    ("digits.md", []),
-    ("digits_background.md", []),
-    ("exact_teacher.md", []),
-    ("consistency_probes.md", []),
-    ("memorization.md", []),
+# single-threaded jobs, longest first: (results page, run in shards). A sharded page's runs are
+# split over --shards processes (consistency_ablation.py / consistency_seeds.py --shard K/N)
+JOBS = [
+    *[(f"digits_unet_6000{tag}_s{seed}.md", False) for tag in ("", "_cap1") for seed in (0, 1, 2)],
+    ("digits_unet_6000_mixed_s0.md", False),
+    ("digits_unet_6000_lift1_s0.md", False),
+    ("exact_teacher_0.15.md", False),
+    ("exact_teacher_points.md", False),
+    ("consistency_plateau.md", False),
+    *[(f"{name}.md", True)
+      for name in ("consistency", "consistency_seeds", "consistency_budget", "consistency_long",
+                   "consistency_points_seeds", "consistency_cap1_budget",
+                   "consistency_levels_budget", "consistency_lift_budget", "consistency_points",
+                   "consistency_cap1", "consistency_levels", "consistency_lift")],
+    ("digits_unet.md", False),
+    ("digits_unet_levels.md", False),
+    ("digits_unet_cap1.md", False),
+    ("digits_unet_options.md", False),
+    ("digits.md", False),
+    ("digits_background.md", False),
+    ("exact_teacher.md", False),
+    ("consistency_probes.md", False),
+    ("memorization.md", False),
 ]
+
+
+def parallel_jobs(shards: int = 2, only: list[str] | None = None) -> list[tuple[str, list[str]]]:
+    """The (results page, extra arguments) processes of JOBS, in its order: a sharded page as
+    ``shards`` processes (``--shard K/shards``, shard by shard, so the first ``shards`` jobs
+    each hold a share of the longest sharded page), the others as one; ``only``: just these
+    pages."""
+    unknown = sorted(set(only or []) - {page for page, _ in JOBS})
+    if unknown:
+        raise SystemExit(f"run_all: --only {' '.join(unknown)}: no such page (the pages: "
+                         f"{', '.join(page for page, _ in JOBS)})")
+    return [(page, ["--shard", f"{k}/{shards}"] if sharded else [])
+            for page, sharded in JOBS if only is None or page in only
+            for k in (range(shards) if sharded else [0])]
+
+
+PARALLEL_JOBS = parallel_jobs()
 
 
 # options whose values every script's --quick replaces (--steps) or cuts to one (--seeds)
@@ -172,8 +193,8 @@ def smoke_key(page: str) -> tuple[str, ...]:
     return tuple(key)
 
 
-def quick_jobs(results: Path) -> list[tuple[str, list[str]]]:
-    """PARALLEL_JOBS less the pages whose smoke run repeats an earlier page's (same
+def quick_jobs(results: Path, jobs: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """``jobs`` less the pages whose smoke run repeats an earlier page's (same
     :func:`smoke_key`); each of those gets a one-line page naming the page that stands for it."""
     first: dict[tuple[str, ...], str] = {}
     for page, _, _ in SECTIONS:
@@ -184,7 +205,7 @@ def quick_jobs(results: Path) -> list[tuple[str, list[str]]]:
                 f"differ only in {' / '.join(QUICK_OVERRIDES)}, whose values --quick replaces "
                 f"or cuts to one seed).\n",
                 encoding="utf-8")
-    return [job for job in PARALLEL_JOBS if first[smoke_key(job[0])] == job[0]]
+    return [job for job in jobs if first[smoke_key(job[0])] == job[0]]
 
 
 def out_argument(path: Path) -> str:
@@ -276,7 +297,16 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--quick-dir", type=Path, default=None,
                         help="with --quick: the folder for the smoke pages and their RESULTS.md "
                              "(default: a new temporary folder)")
+    parser.add_argument("--only", nargs="+", metavar="PAGE", default=None,
+                        help="run just these pages (e.g. consistency_lift.md), then assemble; "
+                             "step_cost.md runs only if named")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="single-threaded jobs at a time (default 2: one per core here)")
+    parser.add_argument("--shards", type=int, default=2,
+                        help="processes per sharded mixture page (default 2)")
     args = parser.parse_args(argv)
+    if args.workers < 1 or args.shards < 1:
+        parser.error("--workers and --shards take a positive number")
     results, out = RESULTS, HERE / "RESULTS.md"
     if args.quick:  # never overwrite the committed results with smoke figures
         results = args.quick_dir or Path(tempfile.mkdtemp(prefix="ambient_bench_"))
@@ -284,12 +314,16 @@ def main(argv: list[str] | None = None) -> Path:
         out = results / "RESULTS.md"
     if not args.assemble:
         start = time.perf_counter()
-        jobs = quick_jobs(results) if args.quick else PARALLEL_JOBS
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        only = [page for page in args.only if page != "step_cost.md"] if args.only else None
+        jobs = parallel_jobs(args.shards, only)
+        jobs = quick_jobs(results, jobs) if args.quick else jobs
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
             list(pool.map(lambda job: run(*job, args.quick, results), jobs))
-        run("step_cost.md", ["--rounds", "1"] if args.quick else [], args.quick, results)
-        (results / "run_all_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n",
-                                                     encoding="utf-8")
+        if not args.only or "step_cost.md" in args.only:
+            run("step_cost.md", ["--rounds", "1"] if args.quick else [], args.quick, results)
+        if not args.only:  # the time of a full run
+            (results / "run_all_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n",
+                                                         encoding="utf-8")
     print(f"wrote {assemble(results, out)}")
     return out
 
