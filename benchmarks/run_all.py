@@ -258,7 +258,9 @@ def assemble(results: Path, out: Path) -> Path:
              "`python benchmarks/run_all.py` (or `--assemble` to only collect the outputs in "
              "benchmarks/results/). Figures are from runs on a shared 2-core CPU machine, no GPU, except "
              "the sections titled 'On a GPU' at the end (their pages name the GPU and the "
-             "command; `bash benchmarks/gpu_checks.sh OUT` runs them all)."]
+             "command; `bash benchmarks/gpu_checks.sh OUT` runs them all) and the mixture pages "
+             "whose runs say they were made with 16 CPU threads (the CPU of the GPU machine, "
+             "the same scripts: `run_all.py --only PAGE... --workers 16 --shards 8`)."]
     if timing.exists():
         minutes = float(timing.read_text(encoding="utf-8")) / 60
         parts.append(f"The last full `python benchmarks/run_all.py` took {minutes:.0f} min.")
