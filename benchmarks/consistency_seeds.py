@@ -46,14 +46,13 @@ CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
               "log-uniform": "  own samples, log-uniform levels",
               "log-normal": "  own samples, log-normal levels",
               "mixed": "  own samples, mixed levels",
-              "lift-1": "  own samples from the data (lift 1)",
               "lift-1.1": "  own samples from 1.1 sigma_n (lift 1.1, the previous default)"}
 # the no-consistency model each candidate's excess ratio is paired with (same ambient
 # weighting); a baseline is paired with itself and its ratio cells stay blank
 BASELINE = {CANDIDATES[key]: CANDIDATES[base] for key, base in [
     ("none", "none"), ("default", "none"), ("no-warm-start", "none"), ("3-steps", "none"),
     ("fraction-0.5", "none"), ("cap1-none", "cap1-none"), ("cap1", "cap1-none"),
-    ("log-uniform", "none"), ("log-normal", "none"), ("mixed", "none"), ("lift-1", "none"),
+    ("log-uniform", "none"), ("log-normal", "none"), ("mixed", "none"),
     ("lift-1.1", "none")]}
 # the seeds page's candidates (the bare command); the other pages name theirs with --candidates
 CLOSE_OPTIONS = ["none", "default", "no-warm-start", "3-steps", "fraction-0.5"]
