@@ -134,6 +134,7 @@ GPU_SECTIONS = [  # (results page, title): written on a GPU by the command each 
     ("latent_forward.md", "On a GPU: SDXL UNet forward latency by batch size"),
 ]
 COMMAND = {page: command for page, _, command in SECTIONS}
+STATED = defaults_summary().split(":")[0]  # how a page begins to state its training defaults
 # single-threaded jobs, longest first: (results page, run in shards). A sharded page's runs are
 # split over --shards processes (consistency_ablation.py / consistency_seeds.py --shard K/N)
 JOBS = [
@@ -267,8 +268,9 @@ def assemble(results: Path, out: Path) -> Path:
     parts.append("")
     current = defaults_summary()
     parts += ["Pages state the training defaults they ran with. A page that does not state the "
-              "current ones is marked, and its rows called the default are the default of its "
-              "time (rerun its command to refresh it). Current: " + current, ""]
+              "current ones (a GPU page: that states other ones) is marked, and its rows called "
+              "the default are the default of its time (rerun its command to refresh it). "
+              "Current: " + current, ""]
     prefix = results.resolve().relative_to(out.parent.resolve()).as_posix()
     gpu_pages = [(name, title) for name, title in GPU_SECTIONS if (results / name).exists()]
     for name, title in [(name, title) for name, title, _ in SECTIONS] + gpu_pages:
@@ -282,6 +284,10 @@ def assemble(results: Path, out: Path) -> Path:
             text = (f"> Not made with the current defaults (this page states other ones, or "
                     f"none): its rows called the default are the default of its time. Rerun: "
                     f"{ours}.\n\n{text}")
+        elif path.exists() and not ours and STATED in text and current not in text:
+            text = (f"> Not made with the current defaults (this GPU page states other ones): "
+                    f"its rows called the default are the default of its time. Rerun: the "
+                    f"command it names, on a CUDA GPU.\n\n{text}")
         if ours and command not in (None, COMMAND[name]):
             text = (f"> Made with another command than run_all's (the page's rerun line names "
                     f"it); run_all now runs {ours}.\n\n{text}")

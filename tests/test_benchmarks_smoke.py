@@ -140,6 +140,17 @@ def test_results_mark_pages_made_with_other_defaults(tmp_path: Path,
     assert marker not in sections["Training-step cost of every objective and consistency option"]
     assert "not run yet" in sections["Digits: sample quality (Frechet distance) and the denoising "
                                      "table"]  # a missing page is not marked
+    # a GPU page is marked when it states other defaults, not when it states none
+    (tmp_path / "step_cost_gpu.md").write_text("cost on a GPU. Objective defaults used: old\n",
+                                               encoding="utf-8")
+    (tmp_path / "step_cost_gpu_b4096.md").write_text(f"cost. {defaults_summary()}\n",
+                                                     encoding="utf-8")
+    (tmp_path / "latent_gpu.md").write_text("SDXL on a GPU, its own settings\n", encoding="utf-8")
+    text = run_all.assemble(tmp_path, tmp_path / "RESULTS.md").read_text(encoding="utf-8")
+    sections = {s.split("\n", 1)[0]: s for s in text.split("\n## ")[1:]}
+    assert marker in sections["On a GPU: training-step cost at batch 128"]
+    assert marker not in sections["On a GPU: training-step cost at batch 4096"]
+    assert marker not in sections["On a GPU: SDXL at real size, fine-tuning step and sampling"]
 
     # a page whose rerun line runs other arguments than run_all's command is marked
     command = " ".join(run_all.COMMAND["digits_unet.md"])
