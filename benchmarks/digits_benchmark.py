@@ -87,9 +87,6 @@ METHODS = {
     "ambient_mixed_levels": Method(
         "ambient + consistency, own samples, mixed levels", "ambient", True, ("full",),
         tuple(VARIANTS["  own samples, mixed levels"][2].items())),
-    "ambient_lift_1": Method(
-        "ambient + consistency, own samples from the data (lift 1)", "ambient", True, ("full",),
-        tuple(VARIANTS["  own samples from the data (lift 1)"][2].items())),
     "ambient_lift_1_1": Method(
         "ambient + consistency, own samples from 1.1 sigma_n (lift 1.1, the previous default)",
         "ambient", True, ("full",),
