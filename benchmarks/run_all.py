@@ -175,8 +175,6 @@ def parallel_jobs(shards: int = 2, only: list[str] | None = None) -> list[tuple[
             for k in (range(shards) if sharded else [0])]
 
 
-PARALLEL_JOBS = parallel_jobs()
-
 
 # options whose values every script's --quick replaces (--steps) or cuts to one (--seeds)
 QUICK_OVERRIDES = ("--steps", "--seeds")
@@ -280,14 +278,10 @@ def assemble(results: Path, out: Path) -> Path:
         text = re.sub(r"^#+ .*\n", "", text, count=1)  # the page's own title
         command = rerun_command(text)
         ours = f"`python benchmarks/{' '.join(COMMAND[name])}`" if name in COMMAND else None
-        if path.exists() and ours and current not in text:
+        if path.exists() and current not in text and (ours or STATED in text):  # GPU: stated
             text = (f"> Not made with the current defaults (this page states other ones, or "
                     f"none): its rows called the default are the default of its time. Rerun: "
-                    f"{ours}.\n\n{text}")
-        elif path.exists() and not ours and STATED in text and current not in text:
-            text = (f"> Not made with the current defaults (this GPU page states other ones): "
-                    f"its rows called the default are the default of its time. Rerun: the "
-                    f"command it names, on a CUDA GPU.\n\n{text}")
+                    f"{ours or 'the command it names, on a CUDA GPU'}.\n\n{text}")
         if ours and command not in (None, COMMAND[name]):
             text = (f"> Made with another command than run_all's (the page's rerun line names "
                     f"it); run_all now runs {ours}.\n\n{text}")

@@ -358,7 +358,7 @@ def test_run_all_runs_every_page_once_per_smoke_run(monkeypatch: pytest.MonkeyPa
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     run_all = importlib.import_module("run_all")
     pages = {page for page, _, _ in run_all.SECTIONS} - {"step_cost.md"}
-    assert {page for page, _ in run_all.PARALLEL_JOBS} == pages
+    assert {page for page, _ in run_all.parallel_jobs()} == pages
     assert run_all.smoke_key("digits_unet_6000_s2.md") == run_all.smoke_key("digits_unet.md")
     assert run_all.smoke_key("consistency_long.md") == (
         "consistency_seeds.py", "--sigmas", "0.15", "--candidates", "none", "default")
