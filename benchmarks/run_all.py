@@ -193,10 +193,12 @@ def smoke_key(page: str) -> tuple[str, ...]:
 
 
 def quick_jobs(results: Path, jobs: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
-    """``jobs`` less the pages whose smoke run repeats an earlier page's (same
-    :func:`smoke_key`); each of those gets a one-line page naming the page that stands for it."""
+    """``jobs`` less the pages whose smoke run repeats an earlier job's page (same
+    :func:`smoke_key`); each of those gets a one-line page naming the page that stands for it.
+    Pages outside ``jobs`` (not chosen by ``--only``) get nothing."""
     first: dict[tuple[str, ...], str] = {}
-    for page, _, _ in SECTIONS:
+    chosen = {page for page, _ in jobs}
+    for page in [page for page, _, _ in SECTIONS if page in chosen]:
         stand_in = first.setdefault(smoke_key(page), page)
         if stand_in != page:
             (results / page).write_text(
@@ -258,8 +260,8 @@ def assemble(results: Path, out: Path) -> Path:
              "benchmarks/results/). Figures are from runs on a shared 2-core CPU machine, no GPU, except "
              "the sections titled 'On a GPU' at the end (their pages name the GPU and the "
              "command; `bash benchmarks/gpu_checks.sh OUT` runs them all) and the mixture pages "
-             "whose runs say they were made with 16 CPU threads (the CPU of the GPU machine, "
-             "the same scripts: `run_all.py --only PAGE... --workers 16 --shards 8`)."]
+             "whose 'Runs made with' line names another machine (the same scripts on more "
+             "cores, e.g. `run_all.py --only PAGE... --workers 16 --shards 8`)."]
     if timing.exists():
         minutes = float(timing.read_text(encoding="utf-8")) / 60
         parts.append(f"The last full `python benchmarks/run_all.py` took {minutes:.0f} min.")

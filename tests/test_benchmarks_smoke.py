@@ -364,6 +364,22 @@ def test_run_all_runs_every_page_once_per_smoke_run(monkeypatch: pytest.MonkeyPa
         "consistency_seeds.py", "--sigmas", "0.15", "--candidates", "none", "default")
 
 
+def test_quick_jobs_under_only_touch_just_the_chosen_pages(monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    """With --only, a chosen page whose smoke run repeats another chosen page's gets the
+    stand-in line, and pages that were not chosen get no file at all."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    run_all = importlib.import_module("run_all")
+    chosen = ["digits_unet.md", "digits_unet_6000_s2.md", "consistency_long.md"]
+    jobs = run_all.quick_jobs(tmp_path, run_all.parallel_jobs(2, chosen))
+    # digits_unet (first in SECTIONS) runs and stands in for the 6000-step page; the mixture
+    # page runs, both its shards
+    assert sorted(page for page, _ in jobs) == ["consistency_long.md"] * 2 + ["digits_unet.md"]
+    stand_in = "digits_unet_6000_s2.md"
+    assert "would repeat digits_unet.md" in (tmp_path / stand_in).read_text(encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stand_in]
+
+
 def test_latent_gpu_benchmark_runs_the_real_path_on_tiny_components(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """``latent_gpu.py --tiny`` (the CPU stand-in of the GPU benchmark): a saved SDXL folder,
