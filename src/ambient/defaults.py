@@ -26,8 +26,9 @@ from ambient.train import TrainConfig
 # the digits at 6000 steps (closes 0.73 vs 0.75 of the Frechet gap, seed 0); the choices below
 # were measured with lift 1.1. The own-sample term beat the
 # two-draw estimator (start="ambient", target="below", 6 substeps) at every sigma_n of the
-# mixture benchmark; with the geometric ODE schedule and the warm start it scores better on
-# digits than the EDM schedule without (benchmarks/digits_benchmark.py, options page). Fewer
+# mixture benchmark and on digits (options page). With lift 1 the EDM schedule without warm
+# start (the previous default) scores a little better on digits at 1500 steps on the options
+# page's one seed (Frechet 4.65 vs 4.83 clamped), within the seeds' spread of about 0.5. Fewer
 # ODE steps (3) score better at the benchmarks' small budget but shrink the draws at the fixed
 # point (benchmarks/consistency_probes.py, 1b) and fall behind when the network is trained
 # longer (benchmarks/consistency_seeds.py at 6000 steps), so 6 stays. Without the warm start
