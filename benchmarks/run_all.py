@@ -175,7 +175,6 @@ def parallel_jobs(shards: int = 2, only: list[str] | None = None) -> list[tuple[
             for k in (range(shards) if sharded else [0])]
 
 
-
 # options whose values every script's --quick replaces (--steps) or cuts to one (--seeds)
 QUICK_OVERRIDES = ("--steps", "--seeds")
 
