@@ -105,7 +105,8 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     lift = f"{DEFAULT_CONSISTENCY.lift:g}"
     for label in ("| fresh draws of p0 (the truth) |", f"| Gaussian posterior at {lift} sigma_n | 0.3 |",
                   "| draws by an EMA copy (half-life 50 steps) |", "| two levels sigma' per draw |",
-                  "| mixture components at sigma_n = 0.3 |"):
+                  "| mixture components at sigma_n = 0.3 |", "| cov_err per seed |",
+                  "| narrow start: truncated draws for the first 250 steps of the term | 0.3 | 2 |"):
         assert label in probes, label
 
     cost = (tmp_path / "step_cost.md").read_text(encoding="utf-8")
