@@ -81,6 +81,7 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
     "  own samples from the data (lift 1)": ("ambient", False, {"lift": 1.0}, {}),
     "  own samples from 1.1 sigma_n (lift 1.1, the previous default)": (
         "ambient", False, {"lift": 1.1}, {}),
+    "  own samples, fraction 0.375": ("ambient", False, {"fraction": 0.375}, {}),
     "  own samples, fraction 0.5": ("ambient", False, {"fraction": 0.5}, {}),
     "  own samples, paper weighting (cap 1)": ("ambient", False, {}, {"weight_cap": 1.0}),
     "  own samples, log-uniform levels": ("ambient", False, {"levels": "log-uniform"}, {}),

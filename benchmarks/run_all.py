@@ -62,6 +62,14 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
           ("", ", three seeds", []),
           ("_budget", " at four times the training budget",
            ["--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3"])]],
+    *[(f"consistency_fraction{tag}.md", f"Gaussian mixture: the share of the batch the "
+       f"consistency term draws from (fraction 0.25, the default, vs 0.375 and 0.5){title}",
+       ["consistency_seeds.py", *budget, "--candidates", "none", "default", "fraction-0.375",
+        "fraction-0.5"])
+      for tag, title, budget in [
+          ("", ", three seeds", []),
+          ("_budget", " at four times the training budget",
+           ["--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3"])]],
     ("consistency_long.md", "Gaussian mixture at sigma_n = 0.15: the default at 16 times the "
      "training budget (24000 steps, one seed)",
      ["consistency_seeds.py", "--steps", "24000", "--seeds", "0", "--sigmas", "0.15",
@@ -148,7 +156,8 @@ JOBS = [
       for name in ("consistency", "consistency_seeds", "consistency_budget", "consistency_long",
                    "consistency_points_seeds", "consistency_cap1_budget",
                    "consistency_levels_budget", "consistency_lift_budget", "consistency_points",
-                   "consistency_cap1", "consistency_levels", "consistency_lift")],
+                   "consistency_fraction_budget", "consistency_cap1", "consistency_levels",
+                   "consistency_lift", "consistency_fraction")],
     ("digits_unet.md", False),
     ("digits_unet_levels.md", False),
     ("digits_unet_cap1.md", False),
