@@ -91,6 +91,9 @@ METHODS = {
         "ambient + consistency, own samples from 1.1 sigma_n (lift 1.1, the previous default)",
         "ambient", True, ("full",),
         tuple(VARIANTS["  own samples from 1.1 sigma_n (lift 1.1, the previous default)"][2].items())),
+    "ambient_fraction_0375": Method(
+        "ambient + consistency, own samples, fraction 0.375", "ambient", True, ("full",),
+        tuple(VARIANTS["  own samples, fraction 0.375"][2].items())),
     "ambient_cap1_no_consistency": Method(
         "ambient, no consistency, paper weighting (cap 1)", "ambient", False, ("full", "truncated"),
         settings=(("weight_cap", 1.0),)),

@@ -106,6 +106,10 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "sigma_n, log-uniform vs log-normal (the default), three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
       "--methods", "ambient_no_consistency", "ambient_log_uniform", "ambient_log_normal"]),
+    ("digits_unet_fraction.md", "Digits with a small UNet: the consistency term's fraction of the "
+     "batch 0.375 (the default: 0.25), three seeds",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
+      "--methods", "ambient_no_consistency", "ambient_fraction_0375"]),
     ("digits_unet_cap1.md", "Digits with a small UNet, paper's ambient weighting (weight cap 1), "
      "three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
@@ -161,6 +165,7 @@ JOBS = [
     ("digits_unet.md", False),
     ("digits_unet_levels.md", False),
     ("digits_unet_cap1.md", False),
+    ("digits_unet_fraction.md", False),
     ("digits_unet_options.md", False),
     ("digits.md", False),
     ("digits_background.md", False),
