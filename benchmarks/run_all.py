@@ -29,6 +29,19 @@ from ambient.defaults import defaults_summary
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
+BUDGET = ["--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3"]  # 4x, two seeds
+
+
+def seed_pages(name: str, title: str, candidates: list[str],
+               endings: tuple[str, str] = (", three seeds", " at four times the training budget"),
+               ) -> list[tuple[str, str, list[str]]]:
+    """The two mixture pages comparing ``candidates`` (consistency_seeds.py): NAME.md at the
+    seeds page's budget and NAME_budget.md at four times it, titled ``title`` + each ending."""
+    return [(f"{name}{tag}.md", title + ending,
+             ["consistency_seeds.py", *budget, "--candidates", *candidates])
+            for tag, ending, budget in zip(("", "_budget"), endings, ([], BUDGET), strict=True)]
+
+
 SECTIONS = [  # (results page, title, the command that writes it: script and arguments)
     ("step_cost.md", "Training-step cost of every objective and consistency option",
      ["step_cost.py"]),
@@ -36,48 +49,28 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["consistency_ablation.py"]),
     ("consistency_seeds.md", "Gaussian mixture: the close consistency options over three seeds",
      ["consistency_seeds.py"]),
-    *[(f"consistency_levels{tag}.md", f"Gaussian mixture: the consistency term's levels below "
-       f"sigma_n, log-uniform vs log-normal vs mixed{title}",
-       ["consistency_seeds.py", *budget, "--candidates", "none", "log-uniform", "log-normal",
-        "mixed"])
-      for tag, title, budget in [
-          ("", " (the default), three seeds", []),
-          ("_budget", ", at four times the training budget",
-           ["--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3"])]],
+    *seed_pages("consistency_levels", "Gaussian mixture: the consistency term's levels below "
+                "sigma_n, log-uniform vs log-normal vs mixed",
+                ["none", "log-uniform", "log-normal", "mixed"],
+                (" (the default), three seeds", ", at four times the training budget")),
     ("consistency_budget.md", "Gaussian mixture: the default vs 3 ODE steps and no warm start at "
      "four times the training budget",
-     ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3",
-      "--candidates", "none", "default", "no-warm-start", "3-steps"]),
-    *[(f"consistency_cap1{tag}.md", f"Gaussian mixture: the paper's ambient weighting (weight "
-       f"cap 1) vs the default's cap 10{title}",
-       ["consistency_seeds.py", *budget, "--candidates", "none", "default", "cap1-none", "cap1"])
-      for tag, title, budget in [
-          ("", ", three seeds", []),
-          ("_budget", " at four times the training budget",
-           ["--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3"])]],
-    *[(f"consistency_lift{tag}.md", f"Gaussian mixture: the own-sample draws started at the "
-       f"data (lift 1, the default) vs lifted to 1.1 sigma_n (the previous default){title}",
-       ["consistency_seeds.py", *budget, "--candidates", "none", "default", "lift-1.1"])
-      for tag, title, budget in [
-          ("", ", three seeds", []),
-          ("_budget", " at four times the training budget",
-           ["--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3"])]],
-    *[(f"consistency_fraction{tag}.md", f"Gaussian mixture: the share of the batch the "
-       f"consistency term draws from (fraction 0.25, the default, vs 0.375 and 0.5){title}",
-       ["consistency_seeds.py", *budget, "--candidates", "none", "default", "fraction-0.375",
-        "fraction-0.5"])
-      for tag, title, budget in [
-          ("", ", three seeds", []),
-          ("_budget", " at four times the training budget",
-           ["--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3"])]],
+     ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "no-warm-start", "3-steps"]),
+    *seed_pages("consistency_cap1", "Gaussian mixture: the paper's ambient weighting (weight "
+                "cap 1) vs the default's cap 10", ["none", "default", "cap1-none", "cap1"]),
+    *seed_pages("consistency_lift", "Gaussian mixture: the own-sample draws started at the data "
+                "(lift 1, the default) vs lifted to 1.1 sigma_n (the previous default)",
+                ["none", "default", "lift-1.1"]),
+    *seed_pages("consistency_fraction", "Gaussian mixture: the share of the batch the "
+                "consistency term draws from (fraction 0.25, the default, vs 0.375 and 0.5)",
+                ["none", "default", "fraction-0.375", "fraction-0.5"]),
     ("consistency_long.md", "Gaussian mixture at sigma_n = 0.15: the default at 16 times the "
      "training budget (24000 steps, one seed)",
      ["consistency_seeds.py", "--steps", "24000", "--seeds", "0", "--sigmas", "0.15",
       "--candidates", "none", "default"]),
     ("consistency_points.md", "Gaussian mixture with 8 times the training points (131072): the "
      "default vs no consistency at four times the training budget",
-     ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3",
-      "--candidates", "none", "default", "--points", "131072"]),
+     ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "--points", "131072"]),
     ("consistency_points_seeds.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
      "points (131072), eight seeds: the default vs no consistency at four times the training "
      "budget",
