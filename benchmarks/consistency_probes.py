@@ -310,10 +310,14 @@ def trained_rows(steps: int, root: Path, heun_steps: int) -> list[dict[str, obje
 
 
 def seed_rows(steps: int, root: Path, heun_steps: int, seeds: tuple[int, ...],
-              sigmas: tuple[float, ...]) -> list[dict[str, object]]:
+              sigmas: tuple[float, ...], done: list[dict[str, object]]
+              ) -> list[dict[str, object]]:
     """Part 2b: the default and the narrow start at each of ``sigmas`` for each of ``seeds``,
-    summarised as mean ± sd over the seeds, with each seed's covariance error."""
-    runs = [run_probe(label, sigma_n, steps, root, heun_steps, seed)
+    summarised as mean ± sd over the seeds, with each seed's covariance error; runs already in
+    ``done`` (part 2's, at SIGMA_N and seed 0) are reused, not trained again."""
+    known = {(r["variant"], r["sigma_n"], r["seed"]): r for r in done}
+    runs = [known.get((label, sigma_n, seed))
+            or run_probe(label, sigma_n, steps, root, heun_steps, seed)
             for sigma_n, label, seed in itertools.product(sigmas, (DEFAULT, NARROW), seeds)]
     rows = []
     for sigma_n, label in itertools.product(sigmas, (DEFAULT, NARROW)):
@@ -374,7 +378,8 @@ def main(argv: list[str] | None = None) -> Path:
                     "the default on more seeds (the data's noise and the training run) and at "
                     "sigma_n = " + " and ".join(f"{s:g}" for s in sigmas)
                     + ". Cells: mean ± sd over the seeds.")
-        report.table(seed_rows(steps, Path(root), sampler_steps(args.quick), seeds, sigmas),
+        report.table(seed_rows(steps, Path(root), sampler_steps(args.quick), seeds, sigmas,
+                               rows),
                      ["variant", "sigma_n", "seeds", *SEED_METRICS, "cov_err per seed"])
     return report.write(args.out, html=False)
 

@@ -53,7 +53,8 @@ CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
 # weighting); a baseline is paired with itself and its ratio cells stay blank
 BASELINE = {CANDIDATES[key]: CANDIDATES[base] for key, base in [
     ("none", "none"), ("default", "none"), ("no-warm-start", "none"), ("3-steps", "none"),
-    ("fraction-0.375", "none"), ("fraction-0.5", "none"), ("cap1-none", "cap1-none"), ("cap1", "cap1-none"),
+    ("fraction-0.375", "none"), ("fraction-0.5", "none"), ("cap1-none", "cap1-none"),
+    ("cap1", "cap1-none"),
     ("log-uniform", "none"), ("log-normal", "none"), ("mixed", "none"),
     ("lift-1.1", "none")]}
 # the seeds page's candidates (the bare command); the other pages name theirs with --candidates

@@ -55,7 +55,8 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
                 (" (the default), three seeds", ", at four times the training budget")),
     ("consistency_budget.md", "Gaussian mixture: the default vs 3 ODE steps and no warm start at "
      "four times the training budget",
-     ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "no-warm-start", "3-steps"]),
+     ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "no-warm-start",
+      "3-steps"]),
     *seed_pages("consistency_cap1", "Gaussian mixture: the paper's ambient weighting (weight "
                 "cap 1) vs the default's cap 10", ["none", "default", "cap1-none", "cap1"]),
     *seed_pages("consistency_lift", "Gaussian mixture: the own-sample draws started at the data "
