@@ -11,11 +11,13 @@ The default trains ``D`` below sigma_n by DSM on the model's own ODE draws from 
    variants of its draws that are not library options (they replace
    ``ambient.losses.own_samples`` during the run): draws by a lagging EMA copy of the model (less
    noisy targets), draws extrapolated away from the EMA copy (momentum on the fixed point), two
-   levels sigma' per draw, a narrow start (truncated draws for the first steps of the term), and
+   levels sigma' per draw, a narrow start (truncated draws for the first steps of the term),
    targets from the Gaussian posterior at lift * sigma_n (Tweedie's mean and covariance
-   ``s^2 dD/dx``, which does not use the model below sigma_n at all); plus the weight of the term.
-   2b. The narrow start, the one probe ahead of the default on seed 0, against the default over
-   three seeds at sigma_n = 0.15 and 0.3.
+   ``s^2 dD/dx``, which does not use the model below sigma_n at all), and stochastic draws (the
+   same solver's reverse SDE, ``own_samples(eta=1)``: posterior sampling, the chain the theorem
+   states, in place of the ODE; and halfway, eta 0.5); plus the weight of the term.
+   2b. The narrow start, the one probe ahead of the default on seed 0, and the stochastic draws
+   against the default over three seeds at sigma_n = 0.15 and 0.3.
 
 Every sample set is scored by the covariance error and width of the ablation and by
 :func:`ambient.evaluate.core_spread` (core: the bulk's width, 1 = right; stranded: share of samples
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import itertools
 import math
 import tempfile
@@ -56,6 +59,9 @@ SIGMA_N = 0.3
 LIFT = DEFAULT_CONSISTENCY.lift  # the default's draws start at LIFT * sigma_n
 DEFAULT = "ambient + consistency (default: own samples)"
 NARROW = "narrow start: truncated draws for the first 250 steps of the term"
+SDE = "stochastic draws: the solver's reverse SDE (eta 1, posterior sampling)"
+HALF_SDE = "half-stochastic draws (eta 0.5)"
+SEED_PROBES = (DEFAULT, NARROW, HALF_SDE, SDE)  # part 2b
 SEEDS, SEED_SIGMAS = (0, 1, 2), (0.15, 0.3)  # part 2b (a smoke run: 2 seeds at SIGMA_N)
 SEED_METRICS = ["excess@sn/4", "excess@sn/2", "cov_err", "width", "core", "stranded"]
 Draws = Callable[..., Tensor]  # own_samples' signature
@@ -162,6 +168,8 @@ PROBES: dict[str, tuple[dict[str, object], str | None, Callable[[], Any] | None]
         {}, "draws", lambda: ema_draws(50, 3.0)),
     "two levels sigma' per draw": ({}, "loss", lambda: two_levels_loss),
     NARROW: ({}, "draws", lambda: truncated_first(250)),
+    SDE: ({}, "draws", lambda: functools.partial(own_samples, eta=1.0)),
+    HALF_SDE: ({}, "draws", lambda: functools.partial(own_samples, eta=0.5)),
     "targets from the Gaussian posterior at lift * sigma_n (learned D, J)": (
         {}, "draws", lambda: gaussian_posterior_draws),
 }
@@ -312,15 +320,15 @@ def trained_rows(steps: int, root: Path, heun_steps: int) -> list[dict[str, obje
 def seed_rows(steps: int, root: Path, heun_steps: int, seeds: tuple[int, ...],
               sigmas: tuple[float, ...], done: list[dict[str, object]]
               ) -> list[dict[str, object]]:
-    """Part 2b: the default and the narrow start at each of ``sigmas`` for each of ``seeds``,
+    """Part 2b: each of SEED_PROBES at each of ``sigmas`` for each of ``seeds``,
     summarised as mean ± sd over the seeds, with each seed's covariance error; runs already in
     ``done`` (part 2's, at SIGMA_N and seed 0) are reused, not trained again."""
     known = {(r["variant"], r["sigma_n"], r["seed"]): r for r in done}
     runs = [known.get((label, sigma_n, seed))
             or run_probe(label, sigma_n, steps, root, heun_steps, seed)
-            for sigma_n, label, seed in itertools.product(sigmas, (DEFAULT, NARROW), seeds)]
+            for sigma_n, label, seed in itertools.product(sigmas, SEED_PROBES, seeds)]
     rows = []
-    for sigma_n, label in itertools.product(sigmas, (DEFAULT, NARROW)):
+    for sigma_n, label in itertools.product(sigmas, SEED_PROBES):
         mine = [r for r in runs if r["variant"] == label and r["sigma_n"] == sigma_n]
         row: dict[str, object] = {"variant": label, "sigma_n": sigma_n, "seeds": len(mine)}
         for metric in SEED_METRICS:
@@ -372,10 +380,11 @@ def main(argv: list[str] | None = None) -> Path:
         rows = trained_rows(steps, Path(root), sampler_steps(args.quick))
         report.table(rows, ["variant", "excess@sn/4", "excess@sn/2", "excess@sn", "cov_err",
                             "width", "core", "stranded", "ms/step"])
-        report.heading(f"2b. The narrow start over seeds {', '.join(map(str, seeds))} "
-                       f"({steps} steps)")
-        report.text("The one probe that did better than the default on seed 0 above, against "
-                    "the default on more seeds (the data's noise and the training run) and at "
+        report.heading(f"2b. The narrow start and the stochastic draws over seeds "
+                       f"{', '.join(map(str, seeds))} ({steps} steps)")
+        report.text("The one probe that did better than the default on seed 0 above (the narrow "
+                    "start) and the stochastic draws, against the default on more seeds (the "
+                    "data's noise and the training run) and at "
                     "sigma_n = " + " and ".join(f"{s:g}" for s in sigmas)
                     + ". Cells: mean ± sd over the seeds.")
         report.table(seed_rows(steps, Path(root), sampler_steps(args.quick), seeds, sigmas,

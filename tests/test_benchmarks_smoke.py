@@ -106,7 +106,9 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     for label in ("| fresh draws of p0 (the truth) |", f"| Gaussian posterior at {lift} sigma_n | 0.3 |",
                   "| draws by an EMA copy (half-life 50 steps) |", "| two levels sigma' per draw |",
                   "| mixture components at sigma_n = 0.3 |", "| cov_err per seed |",
-                  "| narrow start: truncated draws for the first 250 steps of the term | 0.3 | 2 |"):
+                  "| narrow start: truncated draws for the first 250 steps of the term | 0.3 | 2 |",
+                  "| stochastic draws: the solver's reverse SDE (eta 1, posterior sampling) | 0.3 | 2 |",
+                  "| half-stochastic draws (eta 0.5) |"):
         assert label in probes, label
 
     cost = (tmp_path / "step_cost.md").read_text(encoding="utf-8")

@@ -68,6 +68,25 @@ def test_posterior_sampling_from_noised_data_returns_to_p0(gmm):
     assert (near - x0[:200]).norm(dim=1).mean() < 0.05
 
 
+def test_multistep_sde_samples_the_posterior_of_a_gaussian():
+    """eta = 1 is posterior sampling: from one point y at level s under the prior N(0, v I), the
+    draws have mean v / (v + s^2) y and variance v s^2 / (v + s^2) (closed form); eta = 0 maps
+    y to one point."""
+    v, s = 0.04, 0.3
+    gauss = GaussianMixture(torch.ones(1), torch.zeros(1, 2), v * torch.eye(2)[None])
+    y = torch.tensor([0.5, -0.2], dtype=torch.float64).expand(N, 2)
+    sigmas = samplers.edm_sigmas(40, 0.002, s)
+    g = torch.Generator().manual_seed(9)
+    out = samplers.sample_multistep(gauss.denoiser, y, sigmas, eta=1.0, generator=g)
+    torch.testing.assert_close(out.mean(0), v / (v + s**2) * y[0], atol=0.01, rtol=0)
+    torch.testing.assert_close(out.var(0), torch.full((2,), v * s**2 / (v + s**2),
+                                                      dtype=torch.float64), atol=0, rtol=0.08)
+    flow = samplers.sample_multistep(gauss.denoiser, y[:5], sigmas)
+    assert torch.allclose(flow, flow[:1].expand(5, 2))
+    assert torch.allclose(samplers.sample_multistep(gauss.denoiser, y[:5], sigmas, eta=0.0,
+                                                    generator=g), flow)
+
+
 def test_reverse_step_matches_ancestral_formula():
     x, d = torch.randn(5, 3), torch.randn(5, 3)
     z = torch.randn(5, 3)

@@ -270,6 +270,7 @@ def own_samples(
     sigma_min: float = 0.002,
     generator: torch.Generator | None = None,
     rho: float = math.inf,
+    eta: float = 0.0,
 ) -> Tensor:
     """The model's own draws from the data, the targets of :func:`own_sample_loss` (no graph):
 
@@ -280,6 +281,9 @@ def own_samples(
                  ``edm_sigmas(steps + 1, sigma_min, lift * s, rho)`` (geometric for rho = inf),
                  then D(., sigma_min))
 
+    ``eta > 0`` replaces the ODE by the solver's stochastic steps (``eta = 1``: the reverse SDE,
+    posterior sampling of ``x0`` given the lifted data; see
+    :func:`ambient.samplers.sample_multistep`).
     ``steps + 1`` forward evaluations (``y`` and ``sigma_n`` per sample)."""
     if lift < 1:
         raise ValueError(f"lift must be >= 1 (the draws start at or above sigma_n), got {lift}")
@@ -288,7 +292,8 @@ def own_samples(
         noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
         x = add_noise_ve(y, s, lift * s, noise)
         return sample_multistep(denoiser, x,
-                                edm_sigmas(steps + 1, sigma_min, lift * s, rho).to(y.dtype))
+                                edm_sigmas(steps + 1, sigma_min, lift * s, rho).to(y.dtype),
+                                eta=eta, generator=generator)
 
 
 def own_sample_loss(

@@ -92,6 +92,13 @@ def _positive(sigmas: Tensor) -> list[bool]:
     return (sigmas.reshape(len(sigmas), -1) > 0).all(1).tolist()
 
 
+def _step_noise(x: Tensor, eta: float, generator: torch.Generator | None) -> Tensor | None:
+    """The fresh noise of a DDIM(eta) step (None for the deterministic ``eta = 0``)."""
+    if eta == 0:
+        return None
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
 def _progress(n: int, progress: bool, desc: str) -> range | tqdm:
     return tqdm(range(n), desc=desc, leave=False) if progress else range(n)
 
@@ -109,9 +116,7 @@ def sample_ddim(
     sigmas = sigmas.to(x.device)
     for i in _progress(len(sigmas) - 1, progress, "ddim"):
         denoised = denoiser(x, _levels(sigmas[i], x))
-        noise = None
-        if eta > 0:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = _step_noise(x, eta, generator)
         x = reverse_step(x, denoised, sigmas[i].to(x.dtype), sigmas[i + 1].to(x.dtype), eta, noise)
     return x
 
@@ -157,15 +162,19 @@ def sample_multistep(
     x: Tensor,
     sigmas: Tensor,
     progress: bool = False,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Deterministic 2nd-order multistep sampler on the same ODE, one evaluation per step
-    (DPM-Solver++(2M) in the VE case). With ``r_i = sigma_{i+1} / sigma_i``,
-    ``h_i = ln(sigma_i / sigma_{i+1})`` and ``D_i = D(x_i, sigma_i)``:
+    """2nd-order multistep sampler, one evaluation per step (DPM-Solver++(2M) in the VE case).
+    With ``r_i = sigma_{i+1} / sigma_i``, ``h_i = ln(sigma_i / sigma_{i+1})`` and
+    ``D_i = D(x_i, sigma_i)``, ``eta = 0`` (deterministic, the probability-flow ODE):
 
         x_{i+1} = r_i x_i + (1 - r_i) D~_i,   D~_i = D_i + (D_i - D_{i-1}) h_i / (2 h_{i-1})
 
     (``D~_0 = D_0``, and the last step, to ``sigma = 0``, is ``x = D`` as in DDIM): the DDIM step
-    :func:`reverse_step` (``eta = 0``) with ``D`` extrapolated linearly in ``ln sigma``."""
+    :func:`reverse_step` with ``D`` extrapolated linearly in ``ln sigma``. ``eta > 0`` takes the
+    DDIM(eta) step instead; ``eta = 1`` is the SDE solver DPM-Solver++(2M) SDE,
+    ``x_{i+1} = r_i^2 x_i + (1 - r_i^2) D~_i + sigma_{i+1} sqrt(1 - r_i^2) z``."""
     sigmas = sigmas.to(device=x.device, dtype=x.dtype)
     previous, h_previous = None, None
     positive = _positive(sigmas)
@@ -178,7 +187,8 @@ def sample_multistep(
         extrapolated = denoised
         if previous is not None:
             extrapolated = denoised + (denoised - previous) * bcast(h / (2 * h_previous), x)
-        x = reverse_step(x, extrapolated, s, s_next, 0.0)
+        noise = _step_noise(x, eta, generator)
+        x = reverse_step(x, extrapolated, s, s_next, eta, noise)
         previous, h_previous = denoised, h
     return x
 
