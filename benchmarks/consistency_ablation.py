@@ -43,6 +43,16 @@ from ambient.objective import ObjectiveConfig
 from ambient.train import load_run, train
 
 POINTS = 16384  # training points of the mixture (the seeds and exact-teacher pages: --points)
+NET = "128x3"  # the mixture's MLP, hidden width x depth (the gmm training default; seeds: --net)
+
+
+def mlp(net: str = NET) -> dict[str, object]:
+    """The network config of an MLP named ``WIDTHxDEPTH`` (e.g. "128x3")."""
+    try:
+        hidden, depth = (int(part) for part in net.split("x"))
+    except ValueError:
+        raise ValueError(f"a network is named WIDTHxDEPTH, e.g. 128x3; got {net!r}") from None
+    return {"kind": "mlp", "hidden": hidden, "depth": depth}
 
 
 def gmm_spec(points: int = POINTS) -> str:
@@ -125,12 +135,14 @@ def sampler_steps(quick: bool) -> int:
 
 def run_variant(name: str, sigma_n: float, steps: int, root: Path, seed: int = 0,
                 lr: float | None = None, heun_steps: int = SAMPLER_STEPS,
-                points: int = POINTS) -> dict[str, object]:
-    """Train the variant ``name`` on the mixture's ``points`` training points at ``sigma_n``
-    (``seed``: the data's noise and the training run; ``lr``: another learning rate) and score
-    it, sampling with ``heun_steps``; the evaluation draws are the same for every seed."""
+                points: int = POINTS, net: str = NET) -> dict[str, object]:
+    """Train the variant ``name``, an MLP ``net`` (:func:`mlp`), on the mixture's ``points``
+    training points at ``sigma_n`` (``seed``: the data's noise and the training run; ``lr``:
+    another learning rate) and score it, sampling with ``heun_steps``; the evaluation draws are
+    the same for every seed."""
     clean = VARIANTS[name][1]
     cfg = default_train_config("gmm")
+    cfg.net = mlp(net)
     cfg.engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps,
                          seed=seed, lr=lr or cfg.engine.lr)
     cfg.objective = variant_objective(name)
@@ -242,7 +254,7 @@ def write(rows: list[dict[str, object]], steps: int, out: Path, quick: bool) -> 
     total, runs, made = sum(float(r["seconds"]) for r in rows), len(rows), machines(rows)
     rows = [out_row for r in rows for out_row in
             ([r, deconvolution_reference(float(r["sigma_n"]))] if r["variant"] == MAIN[0] else [r])]
-    text = (f"Gaussian mixture ({GMM}), MLP 128x3, {steps} steps of batch 512 per variant, "
+    text = (f"Gaussian mixture ({GMM}), MLP {NET}, {steps} steps of batch 512 per variant, "
             f"EMA weights, {sampler_steps(quick)}-step Heun sampling, 4096 fresh draws per level; "
             f"one seed each. "
             f"Excess error: 0 = exact. width: std of the samples' components / the truth "
@@ -330,13 +342,13 @@ def main() -> None:
 
 def run_shard(plan: list[tuple[str, float, int]], steps: int, out: Path, k: int, n: int,
               write_page: Callable[[list[dict[str, object]]], str], resume: bool = False,
-              heun_steps: int = SAMPLER_STEPS, points: int = POINTS) -> None:
+              heun_steps: int = SAMPLER_STEPS, points: int = POINTS, net: str = NET) -> None:
     """Run every ``n``-th ``(variant, sigma_n, seed)`` of ``plan`` from ``k``, appending each
     result to ``OUT.shardK.jsonl`` and rewriting the page from all shards' results after every
     run (so a killed run loses at most the run in progress). With ``resume`` every shard's
     results so far are kept and the runs they hold are skipped (so a plan that grew
-    a variant runs just that one, whichever shard it now falls to). ``heun_steps`` and
-    ``points``: see :func:`run_variant`."""
+    a variant runs just that one, whichever shard it now falls to). ``heun_steps``, ``points``
+    and ``net``: see :func:`run_variant`."""
     mine = out.with_suffix(f".shard{k}.jsonl")
     for stale in out.parent.glob(out.stem + ".shard*.jsonl"):
         if not resume and (n == 1 or stale == mine):
@@ -349,7 +361,7 @@ def run_shard(plan: list[tuple[str, float, int]], steps: int, out: Path, k: int,
                 continue
             start = time.time()
             row = run_variant(name, sigma_n, steps, Path(tmp), seed, heun_steps=heun_steps,
-                              points=points)
+                              points=points, net=net)
             row["seconds"] = time.time() - start
             row["machine"] = machine()
             print(json.dumps(row), flush=True)

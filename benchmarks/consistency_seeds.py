@@ -22,6 +22,7 @@ from ambient.defaults import defaults_summary
 from ambient.files import atomic_write_text
 from consistency_ablation import (
     MAIN,
+    NET,
     POINTS,
     QUICK_STEPS,
     SHARDS_HINT,
@@ -30,6 +31,7 @@ from consistency_ablation import (
     deconvolution_reference,
     gmm_spec,
     machines,
+    mlp,
     noise_floors,
     refresh_page,
     run_shard,
@@ -106,8 +108,10 @@ def summarise(rows: list[dict[str, object]], points: int = POINTS) -> str:
 
 
 def write(rows: list[dict[str, object]], steps: int, seeds: list[int], out: Path,
-          flags: str, heun_steps: int, points: int = POINTS) -> str:
-    text = (f"Gaussian mixture ({gmm_spec(points)}), the ablation's MLP 128x3 and evaluation "
+          flags: str, heun_steps: int, points: int = POINTS, net: str = NET) -> str:
+    network = (f"the ablation's MLP {NET} and evaluation" if net == NET else
+               f"an MLP {net} (the ablation's is {NET}) and the ablation's evaluation")
+    text = (f"Gaussian mixture ({gmm_spec(points)}), {network} "
             f"({heun_steps}-step Heun sampling), {steps} steps of batch 512 per run, seeds "
             f"{', '.join(map(str, seeds))} (the data's noise and the training run; seed 0 is the "
             f"ablation's run). Cells: mean ± sd over seeds. The "
@@ -137,7 +141,13 @@ def main() -> None:
                         default=CLOSE_OPTIONS)
     parser.add_argument("--points", type=int, default=POINTS,
                         help=f"training points of the mixture (default {POINTS})")
+    parser.add_argument("--net", default=NET,
+                        help=f"the MLP's hidden width x depth (default {NET})")
     args = parser.parse_args()
+    try:
+        mlp(args.net)
+    except ValueError as err:
+        parser.error(str(err))
     torch.set_num_threads(1)
     # --quick (the smoke run) overrides the budget: QUICK_STEPS steps, one seed, the first sigma_n
     steps = QUICK_STEPS if args.quick else args.steps or 1500
@@ -153,18 +163,19 @@ def main() -> None:
                       *(["--candidates", *args.candidates]
                         if args.candidates != CLOSE_OPTIONS else []),
                       *([f"--points {args.points}"] if args.points != POINTS else []),
+                      *([f"--net {args.net}"] if args.net != NET else []),
                       *([f"--out benchmarks/results/{out.name}"]
                         if out.name != Path(parser.get_default("out")).name else [])])
     heun_steps = sampler_steps(args.quick)
 
     def write_page(rows: list[dict[str, object]]) -> str:
-        return write(rows, steps, seeds, out, flags, heun_steps, args.points)
+        return write(rows, steps, seeds, out, flags, heun_steps, args.points, args.net)
 
     if args.assemble:
         print(refresh_page(out, write_page))
         return
     run_shard(plan_for(seeds, sigmas, args.candidates), steps, out, k, n, write_page,
-              args.resume, heun_steps, args.points)
+              args.resume, heun_steps, args.points, args.net)
 
 if __name__ == "__main__":
     main()

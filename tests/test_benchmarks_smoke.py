@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ambient.defaults import DEFAULT_CONSISTENCY
+from ambient.defaults import DEFAULT_CONSISTENCY, default_train_config
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -105,7 +105,8 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     lift = f"{DEFAULT_CONSISTENCY.lift:g}"
     for label in ("| fresh draws of p0 (the truth) |", f"| Gaussian posterior at {lift} sigma_n | 0.3 |",
                   "| draws by an EMA copy (half-life 50 steps) |", "| two levels sigma' per draw |",
-                  "| mixture components at sigma_n = 0.3 |", "| cov_err per seed |",
+                  "| mixture components' widest axes at sigma_n = 0.3 |",
+                  "| mixture components' narrowest axes at sigma_n = 0.15 |", "| cov_err per seed |",
                   "| narrow start: truncated draws for the first 250 steps of the term | 0.3 | 2 |",
                   "| stochastic draws: the solver's reverse SDE (eta 1, posterior sampling) | 0.3 | 2 |",
                   "| half-stochastic draws (eta 0.5) |"):
@@ -256,6 +257,17 @@ def test_more_points_lower_the_best_case(monkeypatch: pytest.MonkeyPatch) -> Non
     assert many < 0.75 * few
 
 
+def test_mlp_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mixture pages' --net names an MLP WIDTHxDEPTH; the default is the gmm training
+    default's network, and a bad name says what a name looks like."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    ablation = importlib.import_module("consistency_ablation")
+    assert ablation.mlp("256x4") == {"kind": "mlp", "hidden": 256, "depth": 4}
+    assert ablation.mlp() == default_train_config("gmm").net
+    with pytest.raises(ValueError, match="WIDTHxDEPTH"):
+        ablation.mlp("256")
+
+
 def test_a_killed_shard_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--resume keeps the shard's results and runs only what no shard holds yet; without it the
     shard starts over (and leaves the other shards' results alone)."""
@@ -264,9 +276,9 @@ def test_a_killed_shard_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     ran: list[tuple[str, float, int]] = []
 
     def fake_run(name: str, sigma_n: float, steps: int, tmp: Path, seed: int,
-                 heun_steps: int, points: int) -> dict[str, object]:
+                 heun_steps: int, points: int, net: str) -> dict[str, object]:
         assert heun_steps == ablation.SAMPLER_STEPS  # run_shard's default: the full evaluation
-        assert points == ablation.POINTS  # and the benchmarks' data size
+        assert points == ablation.POINTS and net == ablation.NET  # the benchmarks' data and MLP
         ran.append((name, sigma_n, seed))
         return {"variant": name, "sigma_n": sigma_n, "seed": seed}
 
