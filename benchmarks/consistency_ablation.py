@@ -43,7 +43,8 @@ from ambient.objective import ObjectiveConfig
 from ambient.train import load_run, train
 
 POINTS = 16384  # training points of the mixture (the seeds and exact-teacher pages: --points)
-NET = "128x3"  # the mixture's MLP, hidden width x depth (the gmm training default; seeds: --net)
+_GMM_NET = default_train_config("gmm").net
+NET = f"{_GMM_NET['hidden']}x{_GMM_NET['depth']}"  # the gmm training default's MLP (seeds: --net)
 
 
 def mlp(net: str = NET) -> dict[str, object]:
