@@ -89,6 +89,9 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     long = (tmp_path / "consistency_long.md").read_text(encoding="utf-8")
     assert "| ambient + consistency (default: own samples) | 0.15 | 1 |" in long
     assert "--steps 24000" in long
+    net = (tmp_path / "consistency_points_net.md").read_text(encoding="utf-8")
+    assert "an MLP 256x4 (the ablation's is 128x3)" in net and "--net 256x4" in net
+    assert "| ambient + consistency (default: own samples) | 0.15 | 1 |" in net
 
     steps = importlib.import_module("consistency_ablation").QUICK_STEPS  # every mixture page's
     teacher = (tmp_path / "exact_teacher.md").read_text(encoding="utf-8")
