@@ -43,6 +43,8 @@ NO_CONSISTENCY, DEFAULT = MAIN[2], MAIN[3]
 CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
               "no-warm-start": "  own samples, no warm start",
               "3-steps": "  own samples, 3 ODE steps",
+              "12-steps": "  own samples, 12 ODE steps",
+              "24-steps": "  own samples, 24 ODE steps",
               "fraction-0.375": "  own samples, fraction 0.375",
               "fraction-0.5": "  own samples, fraction 0.5",
               "cap1-none": "ambient, no consistency, paper weighting (cap 1)",
@@ -55,6 +57,7 @@ CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
 # weighting); a baseline is paired with itself and its ratio cells stay blank
 BASELINE = {CANDIDATES[key]: CANDIDATES[base] for key, base in [
     ("none", "none"), ("default", "none"), ("no-warm-start", "none"), ("3-steps", "none"),
+    ("12-steps", "none"), ("24-steps", "none"),
     ("fraction-0.375", "none"), ("fraction-0.5", "none"), ("cap1-none", "cap1-none"),
     ("cap1", "cap1-none"),
     ("log-uniform", "none"), ("log-normal", "none"), ("mixed", "none"),

@@ -82,6 +82,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "at four times the training budget",
      ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15",
       "--candidates", "none", "default", "--points", "131072", "--net", "256x4"]),
+    ("consistency_points_steps.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the "
+     "training points (131072): the own-sample ODE's steps, 6 (the default) vs 12 and 24, at "
+     "four times the training budget",
+     ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15",
+      "--candidates", "none", "default", "12-steps", "24-steps", "--points", "131072"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
     ("exact_teacher_0.15.md", "Diagnostic: consistency with an exact teacher above sigma_n = "
@@ -157,7 +162,8 @@ JOBS = [
     ("consistency_plateau.md", False),
     *[(f"{name}.md", True)
       for name in ("consistency", "consistency_seeds", "consistency_budget", "consistency_long",
-                   "consistency_points_seeds", "consistency_points_net",
+                   "consistency_points_seeds", "consistency_points_steps",
+                   "consistency_points_net",
                    "consistency_cap1_budget",
                    "consistency_levels_budget", "consistency_lift_budget", "consistency_points",
                    "consistency_fraction_budget", "consistency_cap1", "consistency_levels",

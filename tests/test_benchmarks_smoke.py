@@ -92,6 +92,9 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     net = (tmp_path / "consistency_points_net.md").read_text(encoding="utf-8")
     assert "an MLP 256x4 (the ablation's is 128x3)" in net and "--net 256x4" in net
     assert "| ambient + consistency (default: own samples) | 0.15 | 1 |" in net
+    steps_page = (tmp_path / "consistency_points_steps.md").read_text(encoding="utf-8")
+    assert "| own samples, 12 ODE steps | 0.15 | 1 |" in steps_page
+    assert "| own samples, 24 ODE steps | 0.15 | 1 |" in steps_page
 
     steps = importlib.import_module("consistency_ablation").QUICK_STEPS  # every mixture page's
     teacher = (tmp_path / "exact_teacher.md").read_text(encoding="utf-8")
