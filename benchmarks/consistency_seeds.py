@@ -54,14 +54,10 @@ CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
               "mixed": "  own samples, mixed levels",
               "lift-1.1": "  own samples from 1.1 sigma_n (lift 1.1, the previous default)"}
 # the no-consistency model each candidate's excess ratio is paired with (same ambient
-# weighting); a baseline is paired with itself and its ratio cells stay blank
-BASELINE = {CANDIDATES[key]: CANDIDATES[base] for key, base in [
-    ("none", "none"), ("default", "none"), ("no-warm-start", "none"), ("3-steps", "none"),
-    ("12-steps", "none"), ("24-steps", "none"),
-    ("fraction-0.375", "none"), ("fraction-0.5", "none"), ("cap1-none", "cap1-none"),
-    ("cap1", "cap1-none"),
-    ("log-uniform", "none"), ("log-normal", "none"), ("mixed", "none"),
-    ("lift-1.1", "none")]}
+# weighting: the cap-1 candidates the cap-1 one); a baseline is paired with itself and its
+# ratio cells stay blank
+BASELINE = {name: CANDIDATES["cap1-none" if key.startswith("cap1") else "none"]
+            for key, name in CANDIDATES.items()}
 # the seeds page's candidates (the bare command); the other pages name theirs with --candidates
 CLOSE_OPTIONS = ["none", "default", "no-warm-start", "3-steps", "fraction-0.5"]
 METRICS = ["excess@sn/4", "excess@sn/2", "cov_err", "width", "core", "stranded", "sw"]

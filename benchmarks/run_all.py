@@ -82,11 +82,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "at four times the training budget",
      ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15",
       "--candidates", "none", "default", "--points", "131072", "--net", "256x4"]),
-    ("consistency_points_steps.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the "
-     "training points (131072): the own-sample ODE's steps, 6 (the default) vs 12 and 24, at "
-     "four times the training budget",
-     ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15",
-      "--candidates", "none", "default", "12-steps", "24-steps", "--points", "131072"]),
+    ("consistency_points_steps.md", "Gaussian mixture with 8 times the training points "
+     "(131072): the own-sample ODE's steps, 6 (the default) vs 12 and 24, at four times the "
+     "training budget",
+     ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "12-steps",
+      "24-steps", "--points", "131072"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
     ("exact_teacher_0.15.md", "Diagnostic: consistency with an exact teacher above sigma_n = "
