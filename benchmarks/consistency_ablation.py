@@ -89,6 +89,8 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
     "  own samples, 3 ODE steps": ("ambient", False, {"substeps": 3}, {}),
     "  own samples, 12 ODE steps": ("ambient", False, {"substeps": 12}, {}),
     "  own samples, 24 ODE steps": ("ambient", False, {"substeps": 24}, {}),
+    "  own samples, ODE to sigma 0.005 instead of 0.002": ("ambient", False,
+                                                            {"sigma_min": 0.005}, {}),
     "  own samples from 2 sigma_n": ("ambient", False, {"lift": 2.0}, {}),
     "  own samples from the data (lift 1)": ("ambient", False, {"lift": 1.0}, {}),
     "  own samples from 1.1 sigma_n (lift 1.1, the previous default)": (

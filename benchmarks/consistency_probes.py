@@ -229,14 +229,16 @@ FIXED_POINT_STEPS = (3, 4, 6, 12, 24)
 
 
 def gaussian_fixed_point(v: float, sigma_n: float, steps: int, lift: float = LIFT,
-                         widen: float = 1.0) -> float:
+                         widen: float = 1.0, sigma_min: float = DEFAULT_CONSISTENCY.sigma_min,
+                         ) -> float:
     """Where the own-sample refit settles on data ``N(0, v)`` at ``sigma_n`` if the
     network were exact for the law it is fitted to: the model ``N(0, w)`` (``D = w / (w +
     sigma^2) x``) draws, by :func:`ambient.losses.own_samples` with ``steps`` ODE steps,
     ``N(0, F(w))``; the fixed points solve ``F(w) = w``. Returns the largest one over ``v`` (the
     one a model that starts wide, as the warm start does, settles at): 1 = exact, 0 = no fixed
     point down to 1e-7 of the data's variance (the draws collapse). With ``widen`` the fit errs:
-    it returns ``widen`` times the variance of the draws it is fitted to (``widen * F(w) = w``).
+    it returns ``widen`` times the variance of the draws it is fitted to (``widen * F(w) = w``);
+    ``sigma_min``: the level the draws' ODE ends at.
     The ODE is linear in the data, so one data point gives ``F`` exactly."""
     one = torch.ones(1, 1, dtype=torch.float64)
     z = torch.randn(1, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -245,7 +247,7 @@ def gaussian_fixed_point(v: float, sigma_n: float, steps: int, lift: float = LIF
     def above(w: float) -> bool:  # F(w) > w
         def model(x: Tensor, level: Tensor) -> Tensor:
             return w / (w + level[:, None] ** 2) * x
-        gain = own_samples(model, one, sigma_n, lift, steps,
+        gain = own_samples(model, one, sigma_n, lift, steps, sigma_min,
                            generator=torch.Generator().manual_seed(0)) / lifted
         return widen * gain.item() ** 2 * (v + (lift * sigma_n) ** 2) > w
 

@@ -94,6 +94,9 @@ METHODS = {
     "ambient_fraction_0375": Method(
         "ambient + consistency, own samples, fraction 0.375", "ambient", True, ("full",),
         tuple(VARIANTS["  own samples, fraction 0.375"][2].items())),
+    "ambient_sigma_min_0005": Method(
+        "ambient + consistency, own samples, ODE to sigma 0.005", "ambient", True, ("full",),
+        tuple(VARIANTS["  own samples, ODE to sigma 0.005 instead of 0.002"][2].items())),
     "ambient_cap1_no_consistency": Method(
         "ambient, no consistency, paper weighting (cap 1)", "ambient", False, ("full", "truncated"),
         settings=(("weight_cap", 1.0),)),

@@ -65,6 +65,9 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
     *seed_pages("consistency_fraction", "Gaussian mixture: the share of the batch the "
                 "consistency term draws from (fraction 0.25, the default, vs 0.375 and 0.5)",
                 ["none", "default", "fraction-0.375", "fraction-0.5"]),
+    ("consistency_sigma_min.md", "Gaussian mixture: the own-sample ODE to sigma 0.005 vs 0.002 "
+     "(the default), three seeds",
+     ["consistency_seeds.py", "--candidates", "none", "default", "sigma-min-0.005"]),
     ("consistency_long.md", "Gaussian mixture at sigma_n = 0.15: the default at 16 times the "
      "training budget (24000 steps, one seed)",
      ["consistency_seeds.py", "--steps", "24000", "--seeds", "0", "--sigmas", "0.15",
@@ -83,10 +86,10 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15",
       "--candidates", "none", "default", "--points", "131072", "--net", "256x4"]),
     ("consistency_points_steps.md", "Gaussian mixture with 8 times the training points "
-     "(131072): the own-sample ODE's steps, 6 (the default) vs 12 and 24, at four times the "
-     "training budget",
+     "(131072): the own-sample ODE, 6 steps to sigma 0.002 (the default) vs 12 and 24 steps and "
+     "vs 6 steps to 0.005, at four times the training budget",
      ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "12-steps",
-      "24-steps", "--points", "131072"]),
+      "24-steps", "sigma-min-0.005", "--points", "131072"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
     ("exact_teacher_0.15.md", "Diagnostic: consistency with an exact teacher above sigma_n = "
@@ -114,6 +117,10 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "batch 0.375 (the default: 0.25), three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
       "--methods", "ambient_no_consistency", "ambient_fraction_0375"]),
+    ("digits_unet_sigma_min.md", "Digits with a small UNet: the own-sample ODE to sigma 0.005 "
+     "(the default: 0.002), three seeds",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
+      "--methods", "ambient_no_consistency", "ambient_sigma_min_0005"]),
     ("digits_unet_cap1.md", "Digits with a small UNet, paper's ambient weighting (weight cap 1), "
      "three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
@@ -167,11 +174,12 @@ JOBS = [
                    "consistency_cap1_budget",
                    "consistency_levels_budget", "consistency_lift_budget", "consistency_points",
                    "consistency_fraction_budget", "consistency_cap1", "consistency_levels",
-                   "consistency_lift", "consistency_fraction")],
+                   "consistency_lift", "consistency_fraction", "consistency_sigma_min")],
     ("digits_unet.md", False),
     ("digits_unet_levels.md", False),
     ("digits_unet_cap1.md", False),
     ("digits_unet_fraction.md", False),
+    ("digits_unet_sigma_min.md", False),
     ("digits_unet_options.md", False),
     ("digits.md", False),
     ("digits_background.md", False),
