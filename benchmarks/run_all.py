@@ -65,9 +65,8 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
     *seed_pages("consistency_fraction", "Gaussian mixture: the share of the batch the "
                 "consistency term draws from (fraction 0.25, the default, vs 0.375 and 0.5)",
                 ["none", "default", "fraction-0.375", "fraction-0.5"]),
-    ("consistency_sigma_min.md", "Gaussian mixture: the own-sample ODE to sigma 0.005 vs 0.002 "
-     "(the default), three seeds",
-     ["consistency_seeds.py", "--candidates", "none", "default", "sigma-min-0.005"]),
+    *seed_pages("consistency_sigma_min", "Gaussian mixture: the own-sample ODE to sigma 0.005 vs "
+                "0.002 (the default)", ["none", "default", "sigma-min-0.005"]),
     ("consistency_long.md", "Gaussian mixture at sigma_n = 0.15: the default at 16 times the "
      "training budget (24000 steps, one seed)",
      ["consistency_seeds.py", "--steps", "24000", "--seeds", "0", "--sigmas", "0.15",
@@ -174,7 +173,8 @@ JOBS = [
                    "consistency_cap1_budget",
                    "consistency_levels_budget", "consistency_lift_budget", "consistency_points",
                    "consistency_fraction_budget", "consistency_cap1", "consistency_levels",
-                   "consistency_lift", "consistency_fraction", "consistency_sigma_min")],
+                   "consistency_lift", "consistency_fraction", "consistency_sigma_min",
+                   "consistency_sigma_min_budget")],
     ("digits_unet.md", False),
     ("digits_unet_levels.md", False),
     ("digits_unet_cap1.md", False),
