@@ -127,9 +127,13 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
     *[(f"digits_unet_6000{tag}_s{seed}.md", f"Digits with a small UNet at four times the training "
        f"budget (6000 steps){title}, seed {seed}",
        ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", str(seed), "--steps",
-        "6000", "--methods", f"ambient{prefix}_no_consistency", f"ambient{prefix}_consistency"])
-      for tag, prefix, title in [("", "", ""), ("_cap1", "_cap1", ", paper's ambient weighting "
-                                               "(weight cap 1)")]
+        "6000", "--methods", *methods])
+      for tag, methods, title in [
+          ("", ["ambient_no_consistency", "ambient_consistency"], ""),
+          ("_cap1", ["ambient_cap1_no_consistency", "ambient_cap1_consistency"],
+           ", paper's ambient weighting (weight cap 1)"),
+          ("_sigma_min", ["ambient_no_consistency", "ambient_sigma_min_0005"],
+           ": the own-sample ODE to sigma 0.005 (the default: 0.002)")]
       for seed in (0, 1, 2)],
     ("digits_unet_6000_lift1_s0.md", "Digits with a small UNet at four times the training budget "
      "(6000 steps): the own-sample draws lifted to 1.1 sigma_n (the previous default), seed 0",
@@ -160,7 +164,8 @@ STATED = defaults_summary().split(":")[0]  # how a page begins to state its trai
 # single-threaded jobs, longest first: (results page, run in shards). A sharded page's runs are
 # split over --shards processes (consistency_ablation.py / consistency_seeds.py --shard K/N)
 JOBS = [
-    *[(f"digits_unet_6000{tag}_s{seed}.md", False) for tag in ("", "_cap1") for seed in (0, 1, 2)],
+    *[(f"digits_unet_6000{tag}_s{seed}.md", False) for tag in ("", "_cap1", "_sigma_min")
+      for seed in (0, 1, 2)],
     ("digits_unet_6000_mixed_s0.md", False),
     ("digits_unet_6000_lift1_s0.md", False),
     ("exact_teacher_0.15.md", False),
