@@ -87,6 +87,7 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
     "  own samples, no warm start": ("ambient", False, {"warmup": 0.0}, {}),
     "  own samples, EDM schedule (rho 7)": ("ambient", False, {"schedule": "edm"}, {}),
     "  own samples, 3 ODE steps": ("ambient", False, {"substeps": 3}, {}),
+    "  own samples, 8 ODE steps": ("ambient", False, {"substeps": 8}, {}),
     "  own samples, 12 ODE steps": ("ambient", False, {"substeps": 12}, {}),
     "  own samples, 24 ODE steps": ("ambient", False, {"substeps": 24}, {}),
     "  own samples, ODE to sigma 0.005 instead of 0.002": ("ambient", False,
@@ -95,6 +96,8 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
     "  own samples from the data (lift 1)": ("ambient", False, {"lift": 1.0}, {}),
     "  own samples from 1.1 sigma_n (lift 1.1, the previous default)": (
         "ambient", False, {"lift": 1.1}, {}),
+    "  own samples, fraction 0.125, 12 ODE steps (the default's ODE calls)": (
+        "ambient", False, {"fraction": 0.125, "substeps": 12}, {}),
     "  own samples, fraction 0.375": ("ambient", False, {"fraction": 0.375}, {}),
     "  own samples, fraction 0.5": ("ambient", False, {"fraction": 0.5}, {}),
     "  own samples, paper weighting (cap 1)": ("ambient", False, {}, {"weight_cap": 1.0}),

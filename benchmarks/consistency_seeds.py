@@ -43,9 +43,12 @@ NO_CONSISTENCY, DEFAULT = MAIN[2], MAIN[3]
 CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
               "no-warm-start": "  own samples, no warm start",
               "3-steps": "  own samples, 3 ODE steps",
+              "8-steps": "  own samples, 8 ODE steps",
               "12-steps": "  own samples, 12 ODE steps",
               "24-steps": "  own samples, 24 ODE steps",
               "sigma-min-0.005": "  own samples, ODE to sigma 0.005 instead of 0.002",
+              "fraction-0.125-12-steps": "  own samples, fraction 0.125, 12 ODE steps (the default's "
+              "ODE calls)",
               "fraction-0.375": "  own samples, fraction 0.375",
               "fraction-0.5": "  own samples, fraction 0.5",
               "cap1-none": "ambient, no consistency, paper weighting (cap 1)",

@@ -91,6 +91,8 @@ METHODS = {
         "ambient + consistency, own samples from 1.1 sigma_n (lift 1.1, the previous default)",
         "ambient", True, ("full",),
         tuple(VARIANTS["  own samples from 1.1 sigma_n (lift 1.1, the previous default)"][2].items())),
+    "ambient_8_steps": Method("ambient + consistency, own samples, 8 ODE steps", "ambient", True,
+                              ("full",), tuple(VARIANTS["  own samples, 8 ODE steps"][2].items())),
     "ambient_fraction_0375": Method(
         "ambient + consistency, own samples, fraction 0.375", "ambient", True, ("full",),
         tuple(VARIANTS["  own samples, fraction 0.375"][2].items())),

@@ -85,10 +85,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15",
       "--candidates", "none", "default", "--points", "131072", "--net", "256x4"]),
     ("consistency_points_steps.md", "Gaussian mixture with 8 times the training points "
-     "(131072): the own-sample ODE, 6 steps to sigma 0.002 (the default) vs 12 and 24 steps and "
-     "vs 6 steps to 0.005, at four times the training budget",
-     ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "12-steps",
-      "24-steps", "sigma-min-0.005", "--points", "131072"]),
+     "(131072): the own-sample ODE, 6 steps to sigma 0.002 (the default) vs 8, 12 and 24 steps and "
+     "vs 6 steps to 0.005 and 12 steps on half the rows, at four times the training budget",
+     ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "8-steps",
+      "12-steps", "24-steps", "sigma-min-0.005", "fraction-0.125-12-steps", "--points",
+      "131072"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
     ("exact_teacher_0.15.md", "Diagnostic: consistency with an exact teacher above sigma_n = "
@@ -133,7 +134,9 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
           ("_cap1", ["ambient_cap1_no_consistency", "ambient_cap1_consistency"],
            ", paper's ambient weighting (weight cap 1)"),
           ("_sigma_min", ["ambient_no_consistency", "ambient_sigma_min_0005"],
-           ": the own-sample ODE to sigma 0.005 (the default: 0.002)")]
+           ": the own-sample ODE to sigma 0.005 (the default: 0.002)"),
+          ("_8_steps", ["ambient_no_consistency", "ambient_8_steps"],
+           ": the own-sample ODE in 8 steps (the default: 6)")]
       for seed in (0, 1, 2)],
     ("digits_unet_6000_lift1_s0.md", "Digits with a small UNet at four times the training budget "
      "(6000 steps): the own-sample draws lifted to 1.1 sigma_n (the previous default), seed 0",
@@ -164,7 +167,7 @@ STATED = defaults_summary().split(":")[0]  # how a page begins to state its trai
 # single-threaded jobs, longest first: (results page, run in shards). A sharded page's runs are
 # split over --shards processes (consistency_ablation.py / consistency_seeds.py --shard K/N)
 JOBS = [
-    *[(f"digits_unet_6000{tag}_s{seed}.md", False) for tag in ("", "_cap1", "_sigma_min")
+    *[(f"digits_unet_6000{tag}_s{seed}.md", False) for tag in ("", "_cap1", "_sigma_min", "_8_steps")
       for seed in (0, 1, 2)],
     ("digits_unet_6000_mixed_s0.md", False),
     ("digits_unet_6000_lift1_s0.md", False),
