@@ -311,7 +311,7 @@ def assemble(results: Path, out: Path) -> Path:
     for name, title in [(name, title) for name, title, _ in SECTIONS] + gpu_pages:
         path = results / name
         text = (path.read_text(encoding="utf-8") if path.exists()
-                else f"(not run yet: {path} is missing)")
+                else f"(not run yet: {prefix}/{name} is missing)")
         text = re.sub(r"^#+ .*\n", "", text, count=1)  # the page's own title
         command = rerun_command(text)
         ours = f"`python benchmarks/{' '.join(COMMAND[name])}`" if name in COMMAND else None
