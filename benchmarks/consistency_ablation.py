@@ -100,6 +100,10 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
         "ambient", False, {"fraction": 0.125, "substeps": 12}, {}),
     "  own samples, fraction 0.375": ("ambient", False, {"fraction": 0.375}, {}),
     "  own samples, fraction 0.5": ("ambient", False, {"fraction": 0.5}, {}),
+    "  own samples, extrapolated refit (beta 1)": ("ambient", False, {"extrapolate": 1.0}, {}),
+    "  own samples, extrapolated refit (beta 3)": ("ambient", False, {"extrapolate": 3.0}, {}),
+    "  own samples, extrapolated refit (beta 1), fraction 0.125 (the default's ODE calls)": (
+        "ambient", False, {"extrapolate": 1.0, "fraction": 0.125}, {}),
     "  own samples, paper weighting (cap 1)": ("ambient", False, {}, {"weight_cap": 1.0}),
     "  own samples, log-uniform levels": ("ambient", False, {"levels": "log-uniform"}, {}),
     "  own samples, log-normal levels": ("ambient", False, {"levels": "log-normal"}, {}),

@@ -56,7 +56,10 @@ CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
               "log-uniform": "  own samples, log-uniform levels",
               "log-normal": "  own samples, log-normal levels",
               "mixed": "  own samples, mixed levels",
-              "lift-1.1": "  own samples from 1.1 sigma_n (lift 1.1, the previous default)"}
+              "lift-1.1": "  own samples from 1.1 sigma_n (lift 1.1, the previous default)",
+              "extrapolate-1": "  own samples, extrapolated refit (beta 1)",
+              "extrapolate-1-fraction-0.125": "  own samples, extrapolated refit (beta 1), "
+              "fraction 0.125 (the default's ODE calls)"}
 # the no-consistency model each candidate's excess ratio is paired with (same ambient
 # weighting: the cap-1 candidates the cap-1 one); a baseline is paired with itself and its
 # ratio cells stay blank

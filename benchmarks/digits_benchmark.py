@@ -99,6 +99,13 @@ METHODS = {
     "ambient_sigma_min_0005": Method(
         "ambient + consistency, own samples, ODE to sigma 0.005", "ambient", True, ("full",),
         tuple(VARIANTS["  own samples, ODE to sigma 0.005 instead of 0.002"][2].items())),
+    "ambient_extrapolated": Method(
+        "ambient + consistency, own samples, extrapolated refit (beta 1)", "ambient", True,
+        ("full",), tuple(VARIANTS["  own samples, extrapolated refit (beta 1)"][2].items())),
+    "ambient_extrapolated_f0125": Method(
+        "ambient + consistency, own samples, extrapolated refit (beta 1), fraction 0.125", "ambient",
+        True, ("full",), tuple(VARIANTS["  own samples, extrapolated refit (beta 1), fraction "
+                                        "0.125 (the default's ODE calls)"][2].items())),
     "ambient_cap1_no_consistency": Method(
         "ambient, no consistency, paper weighting (cap 1)", "ambient", False, ("full", "truncated"),
         settings=(("weight_cap", 1.0),)),

@@ -50,7 +50,9 @@ DIGITS_6000 = [
     ("_sigma_min", ["ambient_no_consistency", "ambient_sigma_min_0005"],
      ": the own-sample ODE to sigma 0.005 (the default: 0.002)"),
     ("_8_steps", ["ambient_no_consistency", "ambient_8_steps"],
-     ": the own-sample ODE in 8 steps (the default: 6)")]
+     ": the own-sample ODE in 8 steps (the default: 6)"),
+    ("_extrapolate", ["ambient_no_consistency", "ambient_extrapolated_f0125"],
+     ": the extrapolated refit (beta 1) on half the default's rows")]
 
 SECTIONS = [  # (results page, title, the command that writes it: script and arguments)
     ("step_cost.md", "Training-step cost of every objective and consistency option",
@@ -95,11 +97,12 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["consistency_seeds.py", "--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15",
       "--candidates", "none", "default", "--points", "131072", "--net", "256x4"]),
     ("consistency_points_steps.md", "Gaussian mixture with 8 times the training points "
-     "(131072): the own-sample ODE, 6 steps to sigma 0.002 (the default) vs 8, 12 and 24 steps and "
-     "vs 6 steps to 0.005 and 12 steps on half the rows, at four times the training budget",
+     "(131072): the own-sample ODE, 6 steps to sigma 0.002 (the default) vs 8, 12 and 24 steps, "
+     "vs 6 steps to 0.005 and 12 steps on half the rows, and the extrapolated refit (beta 1, on "
+     "the default's rows and on half of them), at four times the training budget",
      ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "8-steps",
-      "12-steps", "24-steps", "sigma-min-0.005", "fraction-0.125-12-steps", "--points",
-      "131072"]),
+      "12-steps", "24-steps", "sigma-min-0.005", "fraction-0.125-12-steps", "extrapolate-1",
+      "extrapolate-1-fraction-0.125", "--points", "131072"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
     ("exact_teacher_0.15.md", "Diagnostic: consistency with an exact teacher above sigma_n = "
@@ -131,6 +134,10 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "(the default: 0.002), three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
       "--methods", "ambient_no_consistency", "ambient_sigma_min_0005"]),
+    ("digits_unet_extrapolate.md", "Digits with a small UNet: the extrapolated refit (beta 1), "
+     "on the default's rows and on half of them (one seed)",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--methods",
+      "ambient_no_consistency", "ambient_extrapolated", "ambient_extrapolated_f0125"]),
     ("digits_unet_cap1.md", "Digits with a small UNet, paper's ambient weighting (weight cap 1), "
      "three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
@@ -191,6 +198,7 @@ JOBS = [
     ("digits_unet_fraction.md", False),
     ("digits_unet_sigma_min.md", False),
     ("digits_unet_options.md", False),
+    ("digits_unet_extrapolate.md", False),
     ("digits.md", False),
     ("digits_background.md", False),
     ("exact_teacher.md", False),

@@ -26,6 +26,7 @@ from ambient.data.digits import load_digits
 from ambient.defaults import DEFAULT_WEIGHT_CAP, defaults_summary
 from ambient.evaluate.report import command_line
 from ambient.graphs import GraphedInference
+from ambient.losses import RefitMemory
 from ambient.nets import build_denoiser
 from ambient.objective import ObjectiveConfig, training_loss
 from consistency_ablation import VARIANTS, variant_objective
@@ -50,6 +51,7 @@ def time_steps(net_kind: str, batch: int, rounds: int, device: torch.device) -> 
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     graphed = GraphedInference(model)
     runs = {name: (cfg, graphed) for name, cfg in OBJECTIVES.items()}
+    memories = {name: RefitMemory() for name in runs}  # as `ambient train` keeps one per run
     if device.type == "cuda":
         runs[f"{DEFAULT}, without CUDA graphs"] = (OBJECTIVES[DEFAULT], model)
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -58,7 +60,7 @@ def time_steps(net_kind: str, batch: int, rounds: int, device: torch.device) -> 
         for name, (cfg, denoiser) in runs.items():
             idx = torch.randint(len(y), (batch,), generator=g, device=device)
             start = time.perf_counter()
-            loss, _ = training_loss(denoiser, y[idx], sigma_n[idx], cfg, generator=g)
+            loss, _ = training_loss(denoiser, y[idx], sigma_n[idx], cfg, g, memories[name])
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -27,7 +27,9 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     for page, stand_in in [("digits_unet_6000_s1.md", "digits_unet.md"),
                            ("digits_unet_6000_cap1_s0.md", "digits_unet_cap1.md"),
                            ("digits_unet_6000_sigma_min_s2.md", "digits_unet_sigma_min.md"),
-                           ("digits_unet_6000_8_steps_s1.md", "digits_unet_6000_8_steps_s0.md")]:
+                           ("digits_unet_6000_8_steps_s1.md", "digits_unet_6000_8_steps_s0.md"),
+                           ("digits_unet_6000_extrapolate_s2.md",
+                            "digits_unet_6000_extrapolate_s0.md")]:
         assert f"would repeat {stand_in}'s code" in (tmp_path / page).read_text(encoding="utf-8")
     assert "not run" not in (tmp_path / "consistency_cap1_budget.md").read_text(encoding="utf-8")
     unet = (tmp_path / "digits_unet.md").read_text(encoding="utf-8")
@@ -98,7 +100,9 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "| own samples, 12 ODE steps | 0.15 | 1 |" in steps_page
     assert "| own samples, 24 ODE steps | 0.15 | 1 |" in steps_page
     assert "| own samples, ODE to sigma 0.005 instead of 0.002 |" in steps_page
-    for label in ("| own samples, 8 ODE steps |", "| own samples, fraction 0.125, 12 ODE steps"):
+    for label in ("| own samples, 8 ODE steps |", "| own samples, fraction 0.125, 12 ODE steps",
+                  "| own samples, extrapolated refit (beta 1) | 0.3 | 1 |",
+                  "| own samples, extrapolated refit (beta 1), fraction 0.125"):
         assert label in steps_page, label
     for page in ("consistency_sigma_min.md", "consistency_sigma_min_budget.md"):
         text = (tmp_path / page).read_text(encoding="utf-8")
@@ -107,6 +111,9 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "own samples, ODE to sigma 0.005 | full" in digits_end
     eight = (tmp_path / "digits_unet_6000_8_steps_s0.md").read_text(encoding="utf-8")
     assert "own samples, 8 ODE steps | full" in eight
+    extrapolated = (tmp_path / "digits_unet_extrapolate.md").read_text(encoding="utf-8")
+    for label in ("extrapolated refit (beta 1) | full", "refit (beta 1), fraction 0.125 | full"):
+        assert label in extrapolated, label
 
     steps = importlib.import_module("consistency_ablation").QUICK_STEPS  # every mixture page's
     teacher = (tmp_path / "exact_teacher.md").read_text(encoding="utf-8")
@@ -140,7 +147,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
               if "> Not made with the current defaults" in section}
     stand_ins = {title for page, title, _ in run_all.SECTIONS
                  if "would repeat" in (tmp_path / page).read_text(encoding="utf-8")}
-    assert marked == stand_ins and len(stand_ins) == 11
+    assert marked == stand_ins and len(stand_ins) == 13
     assert "> Made with another command" not in results  # --quick, --out, --shard: same command
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -21,6 +22,17 @@ from ambient.noise import add_noise_ve, add_noise_vp, as_levels, bcast
 from ambient.samplers import edm_sigmas, reverse_step, sample_multistep
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class RefitMemory:
+    """The own draws of the last :func:`own_sample_loss` call with ``extrapolate > 0`` and their
+    data levels, kept between training steps: the next call pairs them with their draws one
+    refit behind, taken in the same ODE solve as its new draws (one batched solve instead of two
+    in a row). Only for an unconditional denoiser: the rows it keeps come from another batch."""
+
+    draws: Tensor | None = None
+    levels: Tensor | None = None
 
 
 class LossTerms(NamedTuple):
@@ -307,6 +319,8 @@ def own_sample_loss(
     sigma_data: float = 0.5,
     generator: torch.Generator | None = None,
     rho: float = math.inf,
+    extrapolate: float = 0.0,
+    memory: RefitMemory | None = None,
 ) -> LossTerms:
     """Consistency as a fixed point: DSM below ``sigma_n`` on the model's own draws
     ``x0_hat`` (:func:`own_samples`, from the data lifted to ``lift * s``):
@@ -330,7 +344,55 @@ def own_sample_loss(
     one (rho = inf), hence the default (1.09 v with lift 1); fewer steps shrink it (4 steps:
     0.65 v; 3: the draws collapse), and where ``v << s^2`` no step count is exact
     (``benchmarks/consistency_probes.py``, part 1b). Cost: ``steps + 1`` forward evaluations
-    without a graph, then one with a graph."""
-    x0 = own_samples(denoiser, y, sigma_n, lift, steps, sigma_min, generator, rho)
+    without a graph, then one with a graph.
+
+    ``extrapolate = beta > 0`` extrapolates the refit in law (over-relaxation of the fixed
+    point): a second, coupled set of draws ``x0_prev = own_samples(x0_hat + s z')`` follows the
+    model once more from its own draws re-noised to ``s`` (a refit behind), and the loss is
+    DSM on the signed law ``(1 + beta) q - beta q_prev``:
+
+        loss   = (1 + beta) * lambda(sigma') * mean((D(x0_hat + sigma' eps, sigma') - x0_hat)^2)
+                 - beta * lambda(sigma') * mean((D(x0_prev + sigma' eps, sigma') - x0_prev)^2)
+
+    At the fixed point (``q = p_0``) both draws follow ``p_0``, so the minimiser is unchanged.
+    On a Gaussian with an exact ODE a refit moves the model's variance by the factor
+    ``rho = s^2 / (v + s^2)`` above; the signed law moves it by ``rho (1 - beta (1 - rho))``,
+    and a relative fit error is amplified at the fixed point by ``1 / ((1 - rho)(1 + rho beta))``
+    instead of ``1 / (1 - rho)``. The signed loss is not bounded below where ``q_prev``'s density
+    exceeds ``(1 + beta) / beta`` times ``q``'s (far tails). Each draw behind starts from its
+    own ``x0_hat``, so the two terms of a row are correlated and their difference varies little
+    (drawn independently, the signed loss is too noisy: measured, it lost its gain). Twice the
+    draws and two evaluations with a graph; the draws behind follow a second ODE solve after the
+    first, or, given a ``memory`` that holds the last call's draws, the pairs are the kept draws
+    (one optimiser step older; ``sigma'`` scaled by the ratio of their level to this row's) and
+    their draws behind, in one solve with this call's new draws, which the memory keeps for the
+    next call. The returned ``x``, ``sigma`` and ``denoised`` hold both sets of rows."""
+    if extrapolate == 0:
+        x0 = own_samples(denoiser, y, sigma_n, lift, steps, sigma_min, generator, rho)
+        eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        return dsm_loss(denoiser, x0, sigma_next, eps, sigma_data)
+    s = as_levels(sigma_n, y)
+    n = len(y)
+
+    def renoised(draws: Tensor, levels: Tensor) -> Tensor:
+        z = torch.randn(draws.shape, generator=generator, device=y.device, dtype=y.dtype)
+        return draws + bcast(levels, draws) * z
+
+    kept = memory is not None and memory.draws is not None and memory.levels is not None
+    if kept and memory.draws.shape[1:] == y.shape[1:] and memory.draws.device == y.device:
+        take = torch.arange(n, device=y.device) % len(memory.draws)
+        x0, x0_s = memory.draws[take], memory.levels[take]
+        both = own_samples(denoiser, torch.cat([y, renoised(x0, x0_s)]), torch.cat([s, x0_s]),
+                           lift, steps, sigma_min, generator, rho)
+        fresh, behind = both[:n], both[n:]
+        sigma_next = sigma_next * (x0_s / s)  # the same place below the kept rows' own level
+    else:
+        fresh = x0 = own_samples(denoiser, y, s, lift, steps, sigma_min, generator, rho)
+        behind = own_samples(denoiser, renoised(x0, s), s, lift, steps, sigma_min, generator, rho)
+    if memory is not None:
+        memory.draws, memory.levels = fresh, s
     eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-    return dsm_loss(denoiser, x0, sigma_next, eps, sigma_data)
+    terms = dsm_loss(denoiser, torch.cat([x0, behind]), torch.cat([sigma_next, sigma_next]),
+                     torch.cat([eps, eps]), sigma_data)
+    ahead, prev = terms.loss.chunk(2)
+    return terms._replace(loss=(1 + extrapolate) * ahead - extrapolate * prev)

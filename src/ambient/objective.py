@@ -12,7 +12,11 @@ SURE                                      2B                             2B
 ambient + consistency, start="data"       B + fB(k + 1 + 2K)             B + fB (single_backward)
 ambient + consistency, start="ambient"    B + 2KfB (teacher shared)      B + fB (single_backward)
 ambient + consistency, target="samples"   B + fB(K + 2)                  B + fB
+  with extrapolate > 0                    B + 2fB(K + 2)                 B + 2fB
 ========================================  ============================  ======================
+
+(With ``extrapolate`` and a :class:`ambient.losses.RefitMemory`, as ``ambient train`` keeps, the
+two sets of draws run as one ODE solve on ``2fB`` rows; without one, as two in a row.)
 
 (All but ``fB`` of the consistency evaluations run without a graph; with
 ``single_backward=False`` the backward covers ``B + 2fB`` samples; ``teacher_grad`` adds the
@@ -31,6 +35,7 @@ from torch import Tensor
 from ambient.errors import AmbientError
 from ambient.losses import (
     Denoiser,
+    RefitMemory,
     ambient_loss,
     consistency_loss,
     edm_weight,
@@ -59,6 +64,9 @@ class ConsistencyConfig:
     lift: float = 1.1  # target="samples": the draws start at lift * sigma_n
     # target="samples": levels of the draws' ODE, geometric or EDM's rho = 7 (see own_sample_loss)
     schedule: Literal["geometric", "edm"] = "geometric"
+    # target="samples": over-relaxation beta of the refit, DSM on the signed law
+    # (1 + beta) q - beta q_prev of the draws and of draws one refit behind (own_sample_loss)
+    extrapolate: float = 0.0
     warmup: float = 0.0  # share of the training steps before the term switches on (warm start)
     sigma_min: float = 0.002  # lowest level trained by consistency
     weighting: Literal["none", "edm"] = "none"  # "edm": times lambda(sigma') / lambda(sigma_n)
@@ -76,6 +84,7 @@ class ConsistencyConfig:
                   ("step", 0 < self.step < 1, "in (0, 1)"),
                   ("substeps", self.substeps >= 1, ">= 1"),
                   ("lift", self.lift >= 1, ">= 1 (the draws start at or above sigma_n)"),
+                  ("extrapolate", self.extrapolate >= 0, ">= 0 (0: plain refit)"),
                   ("sigma_min", self.sigma_min > 0, "> 0"),
                   ("warmup", 0 <= self.warmup < 1, "in [0, 1)"),
                   ("schedule", self.schedule in ("geometric", "edm"), "'geometric' or 'edm'"),
@@ -183,6 +192,7 @@ def consistency_rows(
     sigma_floor: float = 0.0,
     p_mean: float = -1.2,
     p_std: float = 1.2,
+    memory: RefitMemory | None = None,
 ) -> Tensor:
     """Per-sample consistency loss of every row of ``y`` (VE levels ``sigma_n > 0``). Every level
     below is drawn by :func:`draw_levels` (``cfg.levels``; "law" below), ``p_mean`` and ``p_std``
@@ -198,14 +208,15 @@ def consistency_rows(
     much, in the network's output scale, as at the data level.
 
     target="samples" instead: sigma' ~ law(floor, sigma_n) and
-    :func:`ambient.losses.own_sample_loss` (DSM on the model's own draws from ``y``)."""
+    :func:`ambient.losses.own_sample_loss` (DSM on the model's own draws from ``y``; ``memory``
+    keeps the draws between steps for ``cfg.extrapolate > 0``)."""
     lowest = max(cfg.sigma_min, sigma_floor)
     floor = torch.full_like(sigma_n, lowest)
     if cfg.target == "samples":
         sigma_next = draw_levels(floor, sigma_n, cfg, generator, p_mean, p_std)
         rho = math.inf if cfg.schedule == "geometric" else EDM_RHO
         loss = own_sample_loss(denoiser, y, sigma_n, sigma_next, cfg.lift, cfg.substeps,
-                               lowest, sigma_data, generator, rho).loss
+                               lowest, sigma_data, generator, rho, cfg.extrapolate, memory).loss
         return _weighted(loss, sigma_next, sigma_n, cfg, sigma_data)
     teacher = None
     if cfg.start == "data":
@@ -243,6 +254,7 @@ def consistency_term(
     sigma_data: float = 0.5,
     p_mean: float = -1.2,
     p_std: float = 1.2,
+    memory: RefitMemory | None = None,
 ) -> Tensor | None:
     """:func:`consistency_rows` on the sub-batch :func:`pick_rows` draws, or None if the batch
     has no noisy sample."""
@@ -251,7 +263,7 @@ def consistency_term(
         return None
     rows = None if ambient is None else tuple(t[pick] for t in ambient)
     return consistency_rows(denoiser, y[pick], sigma_n[pick], cfg, rows, generator, sigma_data,
-                            p_mean=p_mean, p_std=p_std)
+                            p_mean=p_mean, p_std=p_std, memory=memory)
 
 
 def training_loss(
@@ -260,8 +272,10 @@ def training_loss(
     sigma_n: Tensor,
     cfg: ObjectiveConfig,
     generator: torch.Generator | None = None,
+    memory: RefitMemory | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Scalar loss of one step and its detached parts for logging (no device sync here).
+    ``memory``: kept by the caller between steps (:class:`ambient.losses.RefitMemory`).
 
     ambient: ``mean(ambient_loss) + weight * mean(consistency)``; dsm: the data treated as clean
     (the oracle on clean data, the naive baseline on noisy data); sure: SURE at sigma_n."""
@@ -277,7 +291,7 @@ def training_loss(
     cons_cfg = cfg.consistency
     if cfg.method == "ambient" and cons_cfg.weight > 0:
         cons = consistency_term(denoiser, y, sigma_n, cons_cfg, (amb.x, amb.sigma, amb.denoised),
-                                generator, cfg.sigma_data, cfg.p_mean, cfg.p_std)
+                                generator, cfg.sigma_data, cfg.p_mean, cfg.p_std, memory)
         if cons is not None:
             cons_mean = cons.mean()
             loss = loss + cons_cfg.weight * cons_mean

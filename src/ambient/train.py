@@ -24,7 +24,7 @@ from ambient.engine import EngineConfig, SampleFn, run_training, trainable_param
 from ambient.errors import AmbientError
 from ambient.graphs import GraphedInference
 from ambient.images import save_grid
-from ambient.losses import Denoiser
+from ambient.losses import Denoiser, RefitMemory
 from ambient.nets import backbone_config, build_backbone
 from ambient.objective import ObjectiveConfig, consistency_at, training_loss
 from ambient.precond import EDMPrecond
@@ -116,6 +116,7 @@ class DatasetLoss:
         self.y, self.sigma_n, self.objective = dataset.y, dataset.sigma_n, objective
         self.total_steps, self.cuda_graphs = total_steps, cuda_graphs
         self.graphed: GraphedInference | None = None
+        self.memory = RefitMemory()  # the consistency term's draws between steps
 
     def __call__(self, model: nn.Module, idx: Tensor, generator: torch.Generator | None,
                  step: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -124,7 +125,7 @@ class DatasetLoss:
         consistency = consistency_at(self.objective.consistency, step, self.total_steps)
         objective = replace(self.objective, consistency=consistency)
         return training_loss(self.denoiser(model), self.y[idx], self.sigma_n[idx], objective,
-                             generator)
+                             generator, self.memory)
 
     def denoiser(self, model: nn.Module) -> Denoiser:
         """``model`` itself off a GPU or without ``cuda_graphs`` (a draw that needs its
