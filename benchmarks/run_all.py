@@ -134,10 +134,6 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "(the default: 0.002), three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
       "--methods", "ambient_no_consistency", "ambient_sigma_min_0005"]),
-    ("digits_unet_extrapolate.md", "Digits with a small UNet: the extrapolated refit (beta 1), "
-     "on the default's rows and on half of them (one seed)",
-     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--methods",
-      "ambient_no_consistency", "ambient_extrapolated", "ambient_extrapolated_f0125"]),
     ("digits_unet_cap1.md", "Digits with a small UNet, paper's ambient weighting (weight cap 1), "
      "three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
@@ -198,7 +194,6 @@ JOBS = [
     ("digits_unet_fraction.md", False),
     ("digits_unet_sigma_min.md", False),
     ("digits_unet_options.md", False),
-    ("digits_unet_extrapolate.md", False),
     ("digits.md", False),
     ("digits_background.md", False),
     ("exact_teacher.md", False),
