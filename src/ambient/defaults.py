@@ -45,6 +45,12 @@ from ambient.train import TrainConfig
 # seeds (0.70, 0.53, 0.66 vs 0.73, 0.60, 0.71; digits_unet_6000_sigma_min_s*.md), so 0.002 stays.
 # 8 ODE steps instead of 6 (2.36x a DSM step against 2.16x) do the same: 0.188 / 1.68 on the
 # mixture, but 0.70, 0.60, 0.68 of the digits' gap (digits_unet_6000_8_steps_s*.md), so 6 stay.
+# The extrapolated refit (extrapolate=1, DSM on the signed law 2 q - q_prev) errs less on the
+# mixture with 8x the data on the default's rows (0.176 / 1.40 vs 0.199 / 1.86) but costs about
+# 2.9x a DSM step; on half the rows (the default's cost) it wins at sigma_n = 0.3 (1.38) and loses
+# at 0.15 (0.281; consistency_points_steps.md); on the digits at 6000 steps it closes 0.70, 0.67,
+# 0.79 of the gap against 0.73, 0.60, 0.71 (digits_unet_6000_extrapolate_s*.md). A candidate for
+# the default, not yet switched: it loses on the mixture at 0.15, where the target is nearest.
 DEFAULT_CONSISTENCY = ConsistencyConfig(weight=1.0, fraction=0.25, start="data", target="samples",
                                         substeps=6, lift=1.0, schedule="geometric", warmup=0.5,
                                         levels="log-normal")
