@@ -144,9 +144,13 @@ def truncated_first(calls: int) -> Draws:
 def two_levels_loss(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, sigma_next: Tensor,
                     lift: float = LIFT, steps: int = 8, sigma_min: float = 0.002,
                     sigma_data: float = 0.5, generator: torch.Generator | None = None,
-                    rho: float = math.inf) -> ambient.losses.LossTerms:
+                    rho: float = math.inf, extrapolate: float = 0.0,
+                    memory: ambient.losses.RefitMemory | None = None) -> ambient.losses.LossTerms:
     """own_sample_loss with each draw used at ``sigma_next`` and at a second log-uniform level
-    in ``(sigma_min, s)`` (twice the DSM rows per ODE draw); per-row mean of the two."""
+    in ``(sigma_min, s)`` (twice the DSM rows per ODE draw); per-row mean of the two. (The
+    plain refit only: ``extrapolate`` must be 0, and ``memory`` is not used.)"""
+    if extrapolate != 0:
+        raise ValueError("the two-levels probe replaces the plain refit (extrapolate = 0)")
     x0 = own_samples(denoiser, y, sigma_n, lift, steps, sigma_min, generator, rho)
     s = as_levels(sigma_n, y)
     second = log_uniform(torch.full_like(s, sigma_min), s, generator)
