@@ -101,7 +101,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "| own samples, 24 ODE steps | 0.15 | 1 |" in steps_page
     assert "| own samples, ODE to sigma 0.005 instead of 0.002 |" in steps_page
     for label in ("| own samples, 8 ODE steps |", "| own samples, fraction 0.125, 12 ODE steps",
-                  "| own samples, extrapolated refit (beta 1) | 0.3 | 1 |",
+                  "| own samples, extrapolated refit (beta 1) | 0.15 | 1 |",
                   "| own samples, extrapolated refit (beta 1), fraction 0.125"):
         assert label in steps_page, label
     for page in ("consistency_sigma_min.md", "consistency_sigma_min_budget.md"):
