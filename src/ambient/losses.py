@@ -378,10 +378,10 @@ def own_sample_loss(
         z = torch.randn(draws.shape, generator=generator, device=y.device, dtype=y.dtype)
         return draws + bcast(levels, draws) * z
 
-    kept = memory is not None and memory.draws is not None and memory.levels is not None
-    if kept and memory.draws.shape[1:] == y.shape[1:] and memory.draws.device == y.device:
-        take = torch.arange(n, device=y.device) % len(memory.draws)
-        x0, x0_s = memory.draws[take], memory.levels[take]
+    kept = None if memory is None else memory.draws  # memory.levels is set with it
+    if kept is not None and kept.shape[1:] == y.shape[1:] and kept.device == y.device:
+        take = torch.arange(n, device=y.device) % len(kept)
+        x0, x0_s = kept[take], memory.levels[take]
         both = own_samples(denoiser, torch.cat([y, renoised(x0, x0_s)]), torch.cat([s, x0_s]),
                            lift, steps, sigma_min, generator, rho)
         fresh, behind = both[:n], both[n:]
