@@ -87,10 +87,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "default vs no consistency at four times the training budget",
      ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "--points", "131072"]),
     ("consistency_points_seeds.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
-     "points (131072), eight seeds: the default vs no consistency at four times the training "
-     "budget",
+     "points (131072), eight seeds: the default and the extrapolated refit (beta 1, on half the "
+     "rows) vs no consistency at four times the training budget",
      ["consistency_seeds.py", "--steps", "6000", "--seeds", *map(str, range(8)), "--sigmas",
-      "0.15", "--candidates", "none", "default", "--points", "131072"]),
+      "0.15", "--candidates", "none", "default", "extrapolate-1-fraction-0.125", "--points",
+      "131072"]),
     ("consistency_points_net.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
      "points (131072) and an MLP 256x4 (the ablation's is 128x3): the default vs no consistency "
      "at four times the training budget",
