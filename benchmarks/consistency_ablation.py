@@ -104,6 +104,12 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
     "  own samples, extrapolated refit (beta 3)": ("ambient", False, {"extrapolate": 3.0}, {}),
     "  own samples, extrapolated refit (beta 1), fraction 0.125 (the default's ODE calls)": (
         "ambient", False, {"extrapolate": 1.0, "fraction": 0.125}, {}),
+    "  own samples, extrapolated refit (beta 1), fraction 0.1875": (
+        "ambient", False, {"extrapolate": 1.0, "fraction": 0.1875}, {}),
+    "  own samples, extrapolated refit (beta 1), draws behind for a quarter of the rows": (
+        "ambient", False, {"extrapolate": 1.0, "extrapolate_share": 0.25}, {}),
+    "  own samples, extrapolated refit (beta 1), draws behind for half the rows": (
+        "ambient", False, {"extrapolate": 1.0, "extrapolate_share": 0.5}, {}),
     "  own samples, paper weighting (cap 1)": ("ambient", False, {}, {"weight_cap": 1.0}),
     "  own samples, log-uniform levels": ("ambient", False, {"levels": "log-uniform"}, {}),
     "  own samples, log-normal levels": ("ambient", False, {"levels": "log-normal"}, {}),

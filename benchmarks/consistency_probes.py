@@ -145,10 +145,11 @@ def two_levels_loss(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, sigm
                     lift: float = LIFT, steps: int = 8, sigma_min: float = 0.002,
                     sigma_data: float = 0.5, generator: torch.Generator | None = None,
                     rho: float = math.inf, extrapolate: float = 0.0,
-                    memory: ambient.losses.RefitMemory | None = None) -> ambient.losses.LossTerms:
+                    memory: ambient.losses.RefitMemory | None = None,
+                    share: float = 1.0) -> ambient.losses.LossTerms:
     """own_sample_loss with each draw used at ``sigma_next`` and at a second log-uniform level
     in ``(sigma_min, s)`` (twice the DSM rows per ODE draw); per-row mean of the two. (The
-    plain refit only: ``extrapolate`` must be 0, and ``memory`` is not used.)"""
+    plain refit only: ``extrapolate`` must be 0, and ``memory`` and ``share`` are not used.)"""
     if extrapolate != 0:
         raise ValueError("the two-levels probe replaces the plain refit (extrapolate = 0)")
     x0 = own_samples(denoiser, y, sigma_n, lift, steps, sigma_min, generator, rho)

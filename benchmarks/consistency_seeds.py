@@ -59,7 +59,13 @@ CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
               "lift-1.1": "  own samples from 1.1 sigma_n (lift 1.1, the previous default)",
               "extrapolate-1": "  own samples, extrapolated refit (beta 1)",
               "extrapolate-1-fraction-0.125": "  own samples, extrapolated refit (beta 1), "
-              "fraction 0.125 (the default's ODE calls)"}
+              "fraction 0.125 (the default's ODE calls)",
+              "extrapolate-1-fraction-0.1875": "  own samples, extrapolated refit (beta 1), "
+              "fraction 0.1875",
+              "extrapolate-1-share-0.25": "  own samples, extrapolated refit (beta 1), draws "
+              "behind for a quarter of the rows",
+              "extrapolate-1-share-0.5": "  own samples, extrapolated refit (beta 1), draws "
+              "behind for half the rows"}
 # the no-consistency model each candidate's excess ratio is paired with (same ambient
 # weighting: the cap-1 candidates the cap-1 one); a baseline is paired with itself and its
 # ratio cells stay blank

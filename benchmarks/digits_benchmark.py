@@ -106,6 +106,11 @@ METHODS = {
         "ambient + consistency, own samples, extrapolated refit (beta 1), fraction 0.125", "ambient",
         True, ("full",), tuple(VARIANTS["  own samples, extrapolated refit (beta 1), fraction "
                                         "0.125 (the default's ODE calls)"][2].items())),
+    "ambient_extrapolated_share_05": Method(
+        "ambient + consistency, own samples, extrapolated refit (beta 1), draws behind for half "
+        "the rows", "ambient", True, ("full",),
+        tuple(VARIANTS["  own samples, extrapolated refit (beta 1), draws behind for half the "
+                       "rows"][2].items())),
     "ambient_cap1_no_consistency": Method(
         "ambient, no consistency, paper weighting (cap 1)", "ambient", False, ("full", "truncated"),
         settings=(("weight_cap", 1.0),)),

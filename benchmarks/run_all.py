@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ambient.defaults import defaults_summary
+from ambient.defaults import defaults_summary, states_current_defaults
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -100,10 +100,13 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
     ("consistency_points_steps.md", "Gaussian mixture with 8 times the training points "
      "(131072): the own-sample ODE, 6 steps to sigma 0.002 (the default) vs 8, 12 and 24 steps, "
      "vs 6 steps to 0.005 and 12 steps on half the rows, and the extrapolated refit (beta 1, on "
-     "the default's rows and on half of them), at four times the training budget",
+     "the default's rows, on half and on three quarters of them, and with draws behind for a "
+     "quarter or half of the default's rows), at four times the training budget",
      ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "8-steps",
       "12-steps", "24-steps", "sigma-min-0.005", "fraction-0.125-12-steps", "extrapolate-1",
-      "extrapolate-1-fraction-0.125", "--points", "131072"]),
+      "extrapolate-1-fraction-0.125", "extrapolate-1-fraction-0.1875", "extrapolate-1-share-0.25",
+      "extrapolate-1-share-0.5",
+      "--points", "131072"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
     ("exact_teacher_0.15.md", "Diagnostic: consistency with an exact teacher above sigma_n = "
@@ -135,6 +138,10 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "(the default: 0.002), three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
       "--methods", "ambient_no_consistency", "ambient_sigma_min_0005"]),
+    ("digits_unet_extrapolate.md", "Digits with a small UNet: the extrapolated refit (beta 1) "
+     "with draws behind for half the default's rows, three seeds",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
+      "--methods", "ambient_no_consistency", "ambient_extrapolated_share_05"]),
     ("digits_unet_cap1.md", "Digits with a small UNet, paper's ambient weighting (weight cap 1), "
      "three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
@@ -310,7 +317,8 @@ def assemble(results: Path, out: Path) -> Path:
     current = defaults_summary()
     parts += ["Pages state the training defaults they ran with. A page that does not state the "
               "current ones (a GPU page: that states other ones) is marked, and its rows called "
-              "the default are the default of its time (rerun its command to refresh it). "
+              "the default are the default of its time (rerun its command to refresh it; a setting added "
+              "since a page was made counts as its value before, the dataclass default). "
               "Current: " + current, ""]
     prefix = results.resolve().relative_to(out.parent.resolve()).as_posix()
     gpu_pages = [(name, title) for name, title in GPU_SECTIONS if (results / name).exists()]
@@ -321,7 +329,8 @@ def assemble(results: Path, out: Path) -> Path:
         text = re.sub(r"^#+ .*\n", "", text, count=1)  # the page's own title
         command = rerun_command(text)
         ours = f"`python benchmarks/{' '.join(COMMAND[name])}`" if name in COMMAND else None
-        if path.exists() and current not in text and (ours or STATED in text):  # GPU: stated
+        stale = not states_current_defaults(text) and (ours or STATED in text)  # GPU: if stated
+        if path.exists() and stale:
             text = (f"> Not made with the current defaults (this page states other ones, or "
                     f"none): its rows called the default are the default of its time. Rerun: "
                     f"{ours or 'the command it names, on a CUDA GPU'}.\n\n{text}")

@@ -209,3 +209,19 @@ def test_two_process_replicas_stay_identical(tmp_path):
     assert ck.list_checkpoints(tmp_path)[0].name == ck.checkpoint_name(10)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 10 and "consistency" in json.loads(lines[-1])
+
+
+def test_a_page_states_the_current_defaults():
+    """A benchmark page is current when it states defaults_summary(); a consistency field its
+    statement lacks (added since) counts at its dataclass default, the behaviour before it."""
+    from ambient.defaults import defaults_summary, states_current_defaults
+
+    summary = defaults_summary()
+    assert states_current_defaults(f"A page. {summary}\n\nRerun: ...")
+    older = summary.replace(", extrapolate=0.0", "").replace(", extrapolate_share=1.0", "")
+    assert older != summary and states_current_defaults(older)
+    for stale in (summary.replace("lift=1.0", "lift=1.1"),  # another value
+                  summary.replace(", lift=1.0", ""),  # lift's dataclass default is 1.1
+                  summary.replace("weight_cap=10", "weight_cap=1"),
+                  summary.replace("consistency: ", "consistency: retired=1, "), "no statement"):
+        assert stale != summary and not states_current_defaults(stale), stale

@@ -8,7 +8,8 @@ sample and costs nothing, so the same config is plain EDM training.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import re
+from dataclasses import fields, replace
 
 from ambient.engine import EngineConfig
 from ambient.objective import ConsistencyConfig, ObjectiveConfig
@@ -85,3 +86,19 @@ def defaults_summary() -> str:
     consistency = ", ".join(f"{k}={v}" for k, v in vars(objective.consistency).items())
     return (f"Objective defaults used: ambient weight_cap={objective.weight_cap:g}; "
             f"consistency: {consistency}.")
+
+
+def states_current_defaults(text: str) -> bool:
+    """Whether ``text`` states the current defaults as :func:`defaults_summary` writes them. A
+    consistency field missing from the statement was added after it was written; it matches
+    where its current default is its dataclass default (the behaviour before it existed)."""
+    found = re.search(r"Objective defaults used: ambient weight_cap=([^;]+); consistency: (.*?)\."
+                      r"(?:\s|$)", text)
+    objective = default_train_config("digits").objective
+    if found is None or found[1] != f"{objective.weight_cap:g}":
+        return False
+    stated = dict(item.split("=", 1) for item in found[2].split(", "))
+    before = {f.name: str(f.default) for f in fields(ConsistencyConfig)}
+    current = {name: str(value) for name, value in vars(objective.consistency).items()}
+    return set(stated) <= set(current) and all(stated.get(name, before[name]) == value
+                                              for name, value in current.items())

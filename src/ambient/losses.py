@@ -321,6 +321,7 @@ def own_sample_loss(
     rho: float = math.inf,
     extrapolate: float = 0.0,
     memory: RefitMemory | None = None,
+    share: float = 1.0,
 ) -> LossTerms:
     """Consistency as a fixed point: DSM below ``sigma_n`` on the model's own draws
     ``x0_hat`` (:func:`own_samples`, from the data lifted to ``lift * s``):
@@ -366,13 +367,20 @@ def own_sample_loss(
     first, or, given a ``memory`` that holds the last call's draws, the pairs are the kept draws
     (one optimiser step older; ``sigma'`` scaled by the ratio of their level to this row's) and
     their draws behind, in one solve with this call's new draws, which the memory keeps for the
-    next call. The returned ``x``, ``sigma`` and ``denoised`` hold both sets of rows."""
+    next call. ``share < 1`` draws behind for the first ``m = ceil(share n)`` rows only and
+    puts ``beta n / m`` on their difference, the rest keeping the plain term:
+
+        loss_i = DSM_i(x0_hat) + [i < m] (beta n / m) (DSM_i(x0_hat) - DSM_i(x0_prev))
+
+    (the same expectation, ``n + m`` draws and rows with a graph instead of ``2n``). The returned
+    ``x``, ``sigma`` and ``denoised`` hold both sets of rows."""
     if extrapolate == 0:
         x0 = own_samples(denoiser, y, sigma_n, lift, steps, sigma_min, generator, rho)
         eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
         return dsm_loss(denoiser, x0, sigma_next, eps, sigma_data)
     s = as_levels(sigma_n, y)
     n = len(y)
+    m = max(1, math.ceil(share * n))
 
     def renoised(draws: Tensor, levels: Tensor) -> Tensor:
         z = torch.randn(draws.shape, generator=generator, device=y.device, dtype=y.dtype)
@@ -382,17 +390,19 @@ def own_sample_loss(
     if kept is not None and kept.shape[1:] == y.shape[1:] and kept.device == y.device:
         take = torch.arange(n, device=y.device) % len(kept)
         x0, x0_s = kept[take], memory.levels[take]
-        both = own_samples(denoiser, torch.cat([y, renoised(x0, x0_s)]), torch.cat([s, x0_s]),
-                           lift, steps, sigma_min, generator, rho)
+        both = own_samples(denoiser, torch.cat([y, renoised(x0[:m], x0_s[:m])]),
+                           torch.cat([s, x0_s[:m]]), lift, steps, sigma_min, generator, rho)
         fresh, behind = both[:n], both[n:]
         sigma_next = sigma_next * (x0_s / s)  # the same place below the kept rows' own level
     else:
         fresh = x0 = own_samples(denoiser, y, s, lift, steps, sigma_min, generator, rho)
-        behind = own_samples(denoiser, renoised(x0, s), s, lift, steps, sigma_min, generator, rho)
+        behind = own_samples(denoiser, renoised(x0[:m], s[:m]), s[:m], lift, steps, sigma_min,
+                             generator, rho)
     if memory is not None:
         memory.draws, memory.levels = fresh, s
     eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-    terms = dsm_loss(denoiser, torch.cat([x0, behind]), torch.cat([sigma_next, sigma_next]),
-                     torch.cat([eps, eps]), sigma_data)
-    ahead, prev = terms.loss.chunk(2)
-    return terms._replace(loss=(1 + extrapolate) * ahead - extrapolate * prev)
+    terms = dsm_loss(denoiser, torch.cat([x0, behind]), torch.cat([sigma_next, sigma_next[:m]]),
+                     torch.cat([eps, eps[:m]]), sigma_data)
+    ahead, prev = terms.loss[:n], terms.loss[n:]
+    lead = ahead[:m] + extrapolate * n / m * (ahead[:m] - prev)
+    return terms._replace(loss=torch.cat([lead, ahead[m:]]))

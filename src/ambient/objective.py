@@ -12,11 +12,11 @@ SURE                                      2B                             2B
 ambient + consistency, start="data"       B + fB(k + 1 + 2K)             B + fB (single_backward)
 ambient + consistency, start="ambient"    B + 2KfB (teacher shared)      B + fB (single_backward)
 ambient + consistency, target="samples"   B + fB(K + 2)                  B + fB
-  with extrapolate > 0                    B + 2fB(K + 2)                 B + 2fB
+  with extrapolate > 0 (share e)          B + (1 + e)fB(K + 2)           B + (1 + e)fB
 ========================================  ============================  ======================
 
 (With ``extrapolate`` and a :class:`ambient.losses.RefitMemory`, as ``ambient train`` keeps, the
-two sets of draws run as one ODE solve on ``2fB`` rows; without one, as two in a row.)
+two sets of draws run as one ODE solve on ``(1 + e)fB`` rows; without one, as two in a row.)
 
 (All but ``fB`` of the consistency evaluations run without a graph; with
 ``single_backward=False`` the backward covers ``B + 2fB`` samples; ``teacher_grad`` adds the
@@ -67,6 +67,9 @@ class ConsistencyConfig:
     # target="samples": over-relaxation beta of the refit, DSM on the signed law
     # (1 + beta) q - beta q_prev of the draws and of draws one refit behind (own_sample_loss)
     extrapolate: float = 0.0
+    # share of the term's rows that carry the draws behind (times 1 / share on them, the same
+    # expectation at fewer draws; own_sample_loss's share)
+    extrapolate_share: float = 1.0
     warmup: float = 0.0  # share of the training steps before the term switches on (warm start)
     sigma_min: float = 0.002  # lowest level trained by consistency
     weighting: Literal["none", "edm"] = "none"  # "edm": times lambda(sigma') / lambda(sigma_n)
@@ -85,6 +88,7 @@ class ConsistencyConfig:
                   ("substeps", self.substeps >= 1, ">= 1"),
                   ("lift", self.lift >= 1, ">= 1 (the draws start at or above sigma_n)"),
                   ("extrapolate", self.extrapolate >= 0, ">= 0 (0: plain refit)"),
+                  ("extrapolate_share", 0 < self.extrapolate_share <= 1, "in (0, 1]"),
                   ("sigma_min", self.sigma_min > 0, "> 0"),
                   ("warmup", 0 <= self.warmup < 1, "in [0, 1)"),
                   ("schedule", self.schedule in ("geometric", "edm"), "'geometric' or 'edm'"),
@@ -216,7 +220,8 @@ def consistency_rows(
         sigma_next = draw_levels(floor, sigma_n, cfg, generator, p_mean, p_std)
         rho = math.inf if cfg.schedule == "geometric" else EDM_RHO
         loss = own_sample_loss(denoiser, y, sigma_n, sigma_next, cfg.lift, cfg.substeps,
-                               lowest, sigma_data, generator, rho, cfg.extrapolate, memory).loss
+                               lowest, sigma_data, generator, rho, cfg.extrapolate, memory,
+                               cfg.extrapolate_share).loss
         return _weighted(loss, sigma_next, sigma_n, cfg, sigma_data)
     teacher = None
     if cfg.start == "data":
