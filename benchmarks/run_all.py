@@ -88,10 +88,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "--points", "131072"]),
     ("consistency_points_seeds.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
      "points (131072), eight seeds: the default and the extrapolated refit (beta 1, on half the "
-     "rows) vs no consistency at four times the training budget",
+     "rows, and with draws behind for half the default's rows) vs no consistency at four times "
+     "the training budget",
      ["consistency_seeds.py", "--steps", "6000", "--seeds", *map(str, range(8)), "--sigmas",
-      "0.15", "--candidates", "none", "default", "extrapolate-1-fraction-0.125", "--points",
-      "131072"]),
+      "0.15", "--candidates", "none", "default", "extrapolate-1-fraction-0.125",
+      "extrapolate-1-share-0.5", "--points", "131072"]),
     ("consistency_points_net.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
      "points (131072) and an MLP 256x4 (the ablation's is 128x3): the default vs no consistency "
      "at four times the training budget",
@@ -155,6 +156,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "(6000 steps): the own-sample draws lifted to 1.1 sigma_n (the previous default), seed 0",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "--steps", "6000",
       "--methods", "ambient_no_consistency", "ambient_lift_1_1"]),
+    ("digits_unet_6000_share_s0.md", "Digits with a small UNet at four times the training budget "
+     "(6000 steps): the extrapolated refit (beta 1) with draws behind for half the default's "
+     "rows, seed 0",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "--steps", "6000",
+      "--methods", "ambient_no_consistency", "ambient_extrapolated_share_05"]),
     ("digits_unet_6000_mixed_s0.md", "Digits with a small UNet at four times the training budget "
      "(6000 steps): the consistency term's levels below sigma_n, mixed (half log-normal, half "
      "log-uniform), seed 0",
@@ -183,6 +189,7 @@ JOBS = [
     *[(f"digits_unet_6000{tag}_s{seed}.md", False) for tag, _, _ in DIGITS_6000
       for seed in (0, 1, 2)],
     ("digits_unet_6000_mixed_s0.md", False),
+    ("digits_unet_6000_share_s0.md", False),
     ("digits_unet_6000_lift1_s0.md", False),
     ("exact_teacher_0.15.md", False),
     ("exact_teacher_points.md", False),
@@ -200,6 +207,7 @@ JOBS = [
     ("digits_unet_levels.md", False),
     ("digits_unet_cap1.md", False),
     ("digits_unet_fraction.md", False),
+    ("digits_unet_extrapolate.md", False),
     ("digits_unet_sigma_min.md", False),
     ("digits_unet_options.md", False),
     ("digits.md", False),

@@ -102,8 +102,16 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "| own samples, ODE to sigma 0.005 instead of 0.002 |" in steps_page
     for label in ("| own samples, 8 ODE steps |", "| own samples, fraction 0.125, 12 ODE steps",
                   "| own samples, extrapolated refit (beta 1) | 0.15 | 1 |",
-                  "| own samples, extrapolated refit (beta 1), fraction 0.125"):
+                  "| own samples, extrapolated refit (beta 1), fraction 0.125",
+                  "| own samples, extrapolated refit (beta 1), fraction 0.1875 | 0.15 | 1 |",
+                  "| own samples, extrapolated refit (beta 1), draws behind for a quarter of the "
+                  "rows | 0.15 | 1 |",
+                  "| own samples, extrapolated refit (beta 1), draws behind for half the rows | "
+                  "0.15 | 1 |"):
         assert label in steps_page, label
+    eight_seeds = (tmp_path / "consistency_points_seeds.md").read_text(encoding="utf-8")
+    assert ("| own samples, extrapolated refit (beta 1), draws behind for half the rows | 0.15 | "
+            "1 |") in eight_seeds
     for page in ("consistency_sigma_min.md", "consistency_sigma_min_budget.md"):
         text = (tmp_path / page).read_text(encoding="utf-8")
         assert "| own samples, ODE to sigma 0.005 instead of 0.002 |" in text, page
@@ -113,6 +121,8 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "own samples, 8 ODE steps | full" in eight
     extrapolated = (tmp_path / "digits_unet_6000_extrapolate_s0.md").read_text(encoding="utf-8")
     assert "extrapolated refit (beta 1), fraction 0.125 | full" in extrapolated
+    extrapolated = (tmp_path / "digits_unet_extrapolate.md").read_text(encoding="utf-8")
+    assert "draws behind for half the rows | full" in extrapolated
 
     steps = importlib.import_module("consistency_ablation").QUICK_STEPS  # every mixture page's
     teacher = (tmp_path / "exact_teacher.md").read_text(encoding="utf-8")

@@ -47,11 +47,13 @@ from ambient.train import TrainConfig
 # 8 ODE steps instead of 6 (2.36x a DSM step against 2.16x) do the same: 0.188 / 1.68 on the
 # mixture, but 0.70, 0.60, 0.68 of the digits' gap (digits_unet_6000_8_steps_s*.md), so 6 stay.
 # The extrapolated refit (extrapolate=1, DSM on the signed law 2 q - q_prev) errs less on the
-# mixture with 8x the data on the default's rows (0.176 / 1.40 vs 0.199 / 1.86) but costs about
-# 2.9x a DSM step; on half the rows (the default's cost) it wins at sigma_n = 0.3 (1.38) and loses
-# at 0.15 (0.281; consistency_points_steps.md); on the digits at 6000 steps it closes 0.70, 0.67,
-# 0.79 of the gap against 0.73, 0.60, 0.71 (digits_unet_6000_extrapolate_s*.md). A candidate for
-# the default, not yet switched: it loses on the mixture at 0.15, where the target is nearest.
+# mixture with 8x the data on the default's rows (0.176 / 1.40 vs 0.199 / 1.86) but costs 2.74x
+# a DSM step. On half the rows (the default's cost) it loses at sigma_n = 0.15 over eight seeds
+# (0.271 vs 0.219; consistency_points_seeds.md). With draws behind for half the default's rows
+# (extrapolate_share=0.5, 2.42x) it ties at 0.15 over eight seeds (0.223 vs 0.219) and wins at
+# 0.3 (1.24 vs 1.86, two seeds; consistency_points_steps.md): the leading candidate for the
+# default, not switched because switching means rerunning every page that trains the default
+# (the digits pages at 6000 steps above all), which has not been done.
 DEFAULT_CONSISTENCY = ConsistencyConfig(weight=1.0, fraction=0.25, start="data", target="samples",
                                         substeps=6, lift=1.0, schedule="geometric", warmup=0.5,
                                         levels="log-normal")
