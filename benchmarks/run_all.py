@@ -52,7 +52,9 @@ DIGITS_6000 = [
     ("_8_steps", ["ambient_no_consistency", "ambient_8_steps"],
      ": the own-sample ODE in 8 steps (the default: 6)"),
     ("_extrapolate", ["ambient_no_consistency", "ambient_extrapolated_f0125"],
-     ": the extrapolated refit (beta 1) on half the default's rows")]
+     ": the extrapolated refit (beta 1) on half the default's rows"),
+    ("_share", ["ambient_no_consistency", "ambient_extrapolated_share_05"],
+     ": the extrapolated refit (beta 1) with draws behind for half the default's rows")]
 
 SECTIONS = [  # (results page, title, the command that writes it: script and arguments)
     ("step_cost.md", "Training-step cost of every objective and consistency option",
@@ -156,11 +158,6 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "(6000 steps): the own-sample draws lifted to 1.1 sigma_n (the previous default), seed 0",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "--steps", "6000",
       "--methods", "ambient_no_consistency", "ambient_lift_1_1"]),
-    ("digits_unet_6000_share_s0.md", "Digits with a small UNet at four times the training budget "
-     "(6000 steps): the extrapolated refit (beta 1) with draws behind for half the default's "
-     "rows, seed 0",
-     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "--steps", "6000",
-      "--methods", "ambient_no_consistency", "ambient_extrapolated_share_05"]),
     ("digits_unet_6000_mixed_s0.md", "Digits with a small UNet at four times the training budget "
      "(6000 steps): the consistency term's levels below sigma_n, mixed (half log-normal, half "
      "log-uniform), seed 0",
@@ -189,7 +186,6 @@ JOBS = [
     *[(f"digits_unet_6000{tag}_s{seed}.md", False) for tag, _, _ in DIGITS_6000
       for seed in (0, 1, 2)],
     ("digits_unet_6000_mixed_s0.md", False),
-    ("digits_unet_6000_share_s0.md", False),
     ("digits_unet_6000_lift1_s0.md", False),
     ("exact_teacher_0.15.md", False),
     ("exact_teacher_points.md", False),

@@ -29,7 +29,8 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
                            ("digits_unet_6000_sigma_min_s2.md", "digits_unet_sigma_min.md"),
                            ("digits_unet_6000_8_steps_s1.md", "digits_unet_6000_8_steps_s0.md"),
                            ("digits_unet_6000_extrapolate_s2.md",
-                            "digits_unet_6000_extrapolate_s0.md")]:
+                            "digits_unet_6000_extrapolate_s0.md"),
+                           ("digits_unet_6000_share_s0.md", "digits_unet_extrapolate.md")]:
         assert f"would repeat {stand_in}'s code" in (tmp_path / page).read_text(encoding="utf-8")
     assert "not run" not in (tmp_path / "consistency_cap1_budget.md").read_text(encoding="utf-8")
     unet = (tmp_path / "digits_unet.md").read_text(encoding="utf-8")
@@ -156,7 +157,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
               if "> Not made with the current defaults" in section}
     stand_ins = {title for page, title, _ in run_all.SECTIONS
                  if "would repeat" in (tmp_path / page).read_text(encoding="utf-8")}
-    assert marked == stand_ins and len(stand_ins) == 13
+    assert marked == stand_ins and len(stand_ins) == 16
     assert "> Made with another command" not in results  # --quick, --out, --shard: same command
 
 
