@@ -42,19 +42,19 @@ def seed_pages(name: str, title: str, candidates: list[str],
             for tag, ending, budget in zip(("", "_budget"), endings, ([], BUDGET), strict=True)]
 
 
-# the digits UNet pages at 6000 steps, three seeds each: (page tag, methods, title ending)
+# the digits UNet pages at 6000 steps, one per seed: (page tag, methods, title ending, seeds)
 DIGITS_6000 = [
-    ("", ["ambient_no_consistency", "ambient_consistency"], ""),
+    ("", ["ambient_no_consistency", "ambient_consistency"], "", (0, 1, 2)),
     ("_cap1", ["ambient_cap1_no_consistency", "ambient_cap1_consistency"],
-     ", paper's ambient weighting (weight cap 1)"),
+     ", paper's ambient weighting (weight cap 1)", (0, 1, 2)),
     ("_sigma_min", ["ambient_no_consistency", "ambient_sigma_min_0005"],
-     ": the own-sample ODE to sigma 0.005 (the default: 0.002)"),
+     ": the own-sample ODE to sigma 0.005 (the default: 0.002)", (0, 1, 2)),
     ("_8_steps", ["ambient_no_consistency", "ambient_8_steps"],
-     ": the own-sample ODE in 8 steps (the default: 6)"),
+     ": the own-sample ODE in 8 steps (the default: 6)", (0, 1, 2)),
     ("_extrapolate", ["ambient_no_consistency", "ambient_extrapolated_f0125"],
-     ": the extrapolated refit (beta 1) on half the default's rows"),
+     ": the extrapolated refit (beta 1) on half the default's rows", (0, 1, 2)),
     ("_share", ["ambient_no_consistency", "ambient_extrapolated_share_05"],
-     ": the extrapolated refit (beta 1) with draws behind for half the default's rows")]
+     ": the extrapolated refit (beta 1) with draws behind for half the default's rows", (0, 1))]
 
 SECTIONS = [  # (results page, title, the command that writes it: script and arguments)
     ("step_cost.md", "Training-step cost of every objective and consistency option",
@@ -153,7 +153,7 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
        f"budget (6000 steps){title}, seed {seed}",
        ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", str(seed), "--steps",
         "6000", "--methods", *methods])
-      for tag, methods, title in DIGITS_6000 for seed in (0, 1, 2)],
+      for tag, methods, title, seeds in DIGITS_6000 for seed in seeds],
     ("digits_unet_6000_lift1_s0.md", "Digits with a small UNet at four times the training budget "
      "(6000 steps): the own-sample draws lifted to 1.1 sigma_n (the previous default), seed 0",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "--steps", "6000",
@@ -183,8 +183,8 @@ STATED = defaults_summary().split(":")[0]  # how a page begins to state its trai
 # single-threaded jobs, longest first: (results page, run in shards). A sharded page's runs are
 # split over --shards processes (consistency_ablation.py / consistency_seeds.py --shard K/N)
 JOBS = [
-    *[(f"digits_unet_6000{tag}_s{seed}.md", False) for tag, _, _ in DIGITS_6000
-      for seed in (0, 1, 2)],
+    *[(f"digits_unet_6000{tag}_s{seed}.md", False) for tag, _, _, seeds in DIGITS_6000
+      for seed in seeds],
     ("digits_unet_6000_mixed_s0.md", False),
     ("digits_unet_6000_lift1_s0.md", False),
     ("exact_teacher_0.15.md", False),
