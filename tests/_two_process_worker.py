@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ambient.engine import EngineConfig, TrainingInterrupted, run_training
+from ambient.engine import EngineConfig, TrainingInterrupted, leave_process_group, run_training
 
 
 def tiny_config(steps: int = 40, **overrides: object) -> EngineConfig:
@@ -94,6 +94,8 @@ def main() -> int:
     except TrainingInterrupted as e:
         print(e, file=sys.stderr)
         return e.exit_code
+    finally:
+        leave_process_group()
     from accelerate import PartialState
 
     state = PartialState()

@@ -342,3 +342,21 @@ def test_precision_can_change_within_a_process(tmp_path):
     _train(tmp_path / "fp32", steps=2)
     config = json.loads((tmp_path / "bf16" / ck.CONFIG_FILE).read_text())
     assert config["engine"]["mixed_precision"] == "bf16"
+
+
+def test_a_process_leaves_its_group_before_exiting(tmp_path):
+    """leave_process_group ends a gloo group (so its threads never outlive the interpreter)
+    and is a no-op without one; run in a fresh process, which a group would outlive."""
+    code = (
+        "import torch.distributed as dist\n"
+        "from ambient.engine import leave_process_group\n"
+        "leave_process_group()\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}',"
+        " rank=0, world_size=1)\n"
+        "assert dist.is_initialized()\n"
+        "leave_process_group()\n"
+        "print('left' if not dist.is_initialized() else 'still in')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "left"

@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from ambient.engine import TrainingInterrupted
+    from ambient.engine import TrainingInterrupted, leave_process_group
 
     try:
         return args.func(args)
@@ -286,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     except AmbientError as e:
         print(f"ambient: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        leave_process_group()
 
 
 if __name__ == "__main__":

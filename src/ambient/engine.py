@@ -322,6 +322,16 @@ def _accelerator(mixed_precision: str) -> Accelerator:
                        cpu=distributed and not torch.accelerator.is_available())
 
 
+def leave_process_group() -> None:
+    """Leave the process group torchrun/``accelerate launch`` had this process join, if any.
+
+    Call it once the process's work is done, before it exits: a gloo group left to the
+    interpreter's teardown can abort a process whose work is finished ("terminate called
+    without an active exception", exit -6), which fails the whole launch."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 class StepResult(NamedTuple):
     """What one step did; ``loss`` is the mean over processes (NaN when not computed)."""
 
