@@ -54,7 +54,7 @@ DIGITS_6000 = [
     ("_extrapolate", ["ambient_no_consistency", "ambient_extrapolated_f0125"],
      ": the extrapolated refit (beta 1) on half the default's rows", (0, 1, 2)),
     ("_share", ["ambient_no_consistency", "ambient_extrapolated_share_05"],
-     ": the extrapolated refit (beta 1) with draws behind for half the default's rows", (0, 1))]
+     ": the extrapolated refit (beta 1) with draws behind for half the default's rows", (0, 1, 2))]
 
 SECTIONS = [  # (results page, title, the command that writes it: script and arguments)
     ("step_cost.md", "Training-step cost of every objective and consistency option",
@@ -145,6 +145,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "with draws behind for half the default's rows, three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
       "--methods", "ambient_no_consistency", "ambient_extrapolated_share_05"]),
+    ("digits_unet_seeds_345.md", "Digits with a small UNet: the default and the extrapolated "
+     "refit with draws behind for half the default's rows, three more seeds (3, 4, 5)",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "3", "4", "5",
+      "--methods", "ambient_no_consistency", "ambient_consistency",
+      "ambient_extrapolated_share_05"]),
     ("digits_unet_cap1.md", "Digits with a small UNet, paper's ambient weighting (weight cap 1), "
      "three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
@@ -204,6 +209,7 @@ JOBS = [
     ("digits_unet_cap1.md", False),
     ("digits_unet_fraction.md", False),
     ("digits_unet_extrapolate.md", False),
+    ("digits_unet_seeds_345.md", False),
     ("digits_unet_sigma_min.md", False),
     ("digits_unet_options.md", False),
     ("digits.md", False),

@@ -124,6 +124,9 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "extrapolated refit (beta 1), fraction 0.125 | full" in extrapolated
     extrapolated = (tmp_path / "digits_unet_extrapolate.md").read_text(encoding="utf-8")
     assert "draws behind for half the rows | full" in extrapolated
+    more_seeds = (tmp_path / "digits_unet_seeds_345.md").read_text(encoding="utf-8")
+    assert "| ambient + consistency (default) | full |" in more_seeds
+    assert "draws behind for half the rows | full" in more_seeds
 
     steps = importlib.import_module("consistency_ablation").QUICK_STEPS  # every mixture page's
     teacher = (tmp_path / "exact_teacher.md").read_text(encoding="utf-8")
@@ -157,7 +160,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
               if "> Not made with the current defaults" in section}
     stand_ins = {title for page, title, _ in run_all.SECTIONS
                  if "would repeat" in (tmp_path / page).read_text(encoding="utf-8")}
-    assert marked == stand_ins and len(stand_ins) == 15
+    assert marked == stand_ins and len(stand_ins) == 16
     assert "> Made with another command" not in results  # --quick, --out, --shard: same command
 
 
