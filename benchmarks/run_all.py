@@ -57,6 +57,8 @@ DIGITS_6000 = [
      ": the extrapolated refit (beta 1) with draws behind for half the default's rows", (0, 1, 2))]
 
 SECTIONS = [  # (results page, title, the command that writes it: script and arguments)
+    ("consistency_frontier.md", "The consistency options at a glance: step cost against "
+     "exactness on the mixture", ["consistency_frontier.py"]),
     ("step_cost.md", "Training-step cost of every objective and consistency option",
      ["step_cost.py"]),
     ("consistency.md", "Gaussian-mixture exactness and consistency ablation",
@@ -184,6 +186,9 @@ GPU_SECTIONS = [  # (results page, title): written on a GPU by the command each 
     ("latent_forward.md", "On a GPU: SDXL UNet forward latency by batch size"),
 ]
 COMMAND = {page: command for page, _, command in SECTIONS}
+# pages run after all the others, alone, in this order: the step cost (timed on 2 threads),
+# then the summary drawn from it and the mixture pages (it trains nothing)
+LAST = ["step_cost.md", "consistency_frontier.md"]
 STATED = defaults_summary().split(":")[0]  # how a page begins to state its training defaults
 # single-threaded jobs, longest first: (results page, run in shards). A sharded page's runs are
 # split over --shards processes (consistency_ablation.py / consistency_seeds.py --shard K/N)
@@ -363,7 +368,7 @@ def main(argv: list[str] | None = None) -> Path:
                              "(default: a new temporary folder)")
     parser.add_argument("--only", nargs="+", metavar="PAGE", default=None,
                         help="run just these pages (e.g. consistency_lift.md), then assemble; "
-                             "step_cost.md runs only if named")
+                             "step_cost.md and consistency_frontier.md run only if named")
     parser.add_argument("--workers", type=int, default=2,
                         help="single-threaded jobs at a time (default 2: one per core here)")
     parser.add_argument("--shards", type=int, default=2,
@@ -378,13 +383,15 @@ def main(argv: list[str] | None = None) -> Path:
         out = results / "RESULTS.md"
     if not args.assemble:
         start = time.perf_counter()
-        only = [page for page in args.only if page != "step_cost.md"] if args.only else None
+        only = [page for page in args.only if page not in LAST] if args.only else None
         jobs = parallel_jobs(args.shards, only)
         jobs = quick_jobs(results, jobs) if args.quick else jobs
         with ThreadPoolExecutor(max_workers=args.workers) as pool:
             list(pool.map(lambda job: run(*job, args.quick, results), jobs))
-        if not args.only or "step_cost.md" in args.only:
-            run("step_cost.md", ["--rounds", "1"] if args.quick else [], args.quick, results)
+        for page in LAST:
+            if not args.only or page in args.only:
+                run(page, ["--rounds", "1"] if args.quick and page == "step_cost.md" else [],
+                    args.quick, results)
         if not args.only:  # the time of a full run
             (results / "run_all_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n",
                                                          encoding="utf-8")

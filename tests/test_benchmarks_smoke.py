@@ -154,6 +154,10 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     for label in ("| unet | DSM |", "| unet | ambient + consistency (default: own samples) |",
                   "| mlp | SURE |"):
         assert label in cost, label
+    frontier = (tmp_path / "consistency_frontier.md").read_text(encoding="utf-8")
+    assert "| default | 0.15 | " in frontier and "| extrapolate-1-share-0.5 | 0.15 | " in frontier
+    assert "| best case from the data (labels known) | 0.15 |" in frontier
+    assert (tmp_path / "consistency" / "frontier.png").stat().st_size > 0
     assert float((tmp_path / "run_all_seconds.txt").read_text(encoding="utf-8")) > 0
     # every page that ran states the current defaults (only the stand-in pages are marked)
     marked = {section.split("\n", 1)[0] for section in results.split("\n## ")[1:]
@@ -472,3 +476,36 @@ def test_latent_gpu_benchmark_runs_the_real_path_on_tiny_components(
     results = run_all.assemble(tmp_path, tmp_path / "RESULTS.md").read_text(encoding="utf-8")
     assert "## On a GPU: SDXL at real size, fine-tuning step and sampling" in results
     assert "On a GPU: training-step cost at batch 128" not in results  # absent pages are skipped
+
+
+def test_consistency_frontier_pairs_by_seed(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The at-a-glance page reads the step-cost table and divides each seed's covariance error
+    by that seed's oracle's and its excess error by that seed's no-consistency model's."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    frontier = importlib.import_module("consistency_frontier")
+    seeds = importlib.import_module("consistency_seeds")
+    default = seeds.CANDIDATES["default"]
+    (tmp_path / "step_cost.md").write_text(
+        "| network | objective | ms / step | ratio to DSM | images / s |\n|---|---|---:|---:|---:|\n"
+        "| unet | DSM | 60.0 | 1.00 | 2000 |\n"
+        f"| unet | {default.strip()} | 130.0 | 2.17 | 900 |\n"
+        f"| mlp | {default.strip()} | 28.0 | 2.10 | 4600 |\n", encoding="utf-8")
+    assert frontier.step_costs(tmp_path / "step_cost.md") == {
+        ("unet", "DSM"): 1.0, ("unet", default.strip()): 2.17, ("mlp", default.strip()): 2.1}
+
+    def row(name: str, seed: int, cov: float, excess: float) -> dict[str, object]:
+        return {"variant": name, "sigma_n": 0.15, "seed": seed, "cov_err": cov,
+                "excess@sn/4": excess}
+
+    rows = [row(frontier.ORACLE, 0, 0.1, 0.0), row(frontier.ORACLE, 1, 0.2, 0.0),
+            row(seeds.CANDIDATES["none"], 0, 1.0, 0.4), row(seeds.CANDIDATES["none"], 1, 1.0, 0.8),
+            row(default, 0, 0.15, 0.02), row(default, 1, 0.2, 0.02)]
+    records = frontier.option_rows(rows, frontier.step_costs(tmp_path / "step_cost.md"))
+    assert [r["key"] for r in records] == ["default"]  # no consistency has no step cost row
+    (record,) = records
+    assert record["cost"] == {"unet": 2.17, "mlp": 2.1}
+    assert record["cov"] == pytest.approx([1.5, 1.0]) and record["excess"] == pytest.approx(
+        [0.05, 0.025])
+    table = frontier.table(records, {0.15: 0.8})
+    assert "| default | 0.15 | 2.17x / 2.10x | 1.25 ± 0.35 | 0.037 ± 0.018 | yes |" in table
