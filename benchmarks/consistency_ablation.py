@@ -92,6 +92,8 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
     "  own samples, 24 ODE steps": ("ambient", False, {"substeps": 24}, {}),
     "  own samples, ODE to sigma 0.005 instead of 0.002": ("ambient", False,
                                                             {"sigma_min": 0.005}, {}),
+    "  own samples, 8 ODE steps to sigma 0.005": ("ambient", False,
+                                                  {"substeps": 8, "sigma_min": 0.005}, {}),
     "  own samples from 2 sigma_n": ("ambient", False, {"lift": 2.0}, {}),
     "  own samples from the data (lift 1)": ("ambient", False, {"lift": 1.0}, {}),
     "  own samples from 1.1 sigma_n (lift 1.1, the previous default)": (

@@ -47,6 +47,7 @@ CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
               "12-steps": "  own samples, 12 ODE steps",
               "24-steps": "  own samples, 24 ODE steps",
               "sigma-min-0.005": "  own samples, ODE to sigma 0.005 instead of 0.002",
+              "8-steps-sigma-min-0.005": "  own samples, 8 ODE steps to sigma 0.005",
               "fraction-0.125-12-steps": "  own samples, fraction 0.125, 12 ODE steps (the default's "
               "ODE calls)",
               "fraction-0.375": "  own samples, fraction 0.375",

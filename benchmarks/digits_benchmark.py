@@ -99,6 +99,9 @@ METHODS = {
     "ambient_sigma_min_0005": Method(
         "ambient + consistency, own samples, ODE to sigma 0.005", "ambient", True, ("full",),
         tuple(VARIANTS["  own samples, ODE to sigma 0.005 instead of 0.002"][2].items())),
+    "ambient_8_steps_sigma_min_0005": Method(
+        "ambient + consistency, own samples, 8 ODE steps to sigma 0.005", "ambient", True,
+        ("full",), tuple(VARIANTS["  own samples, 8 ODE steps to sigma 0.005"][2].items())),
     "ambient_extrapolated": Method(
         "ambient + consistency, own samples, extrapolated refit (beta 1)", "ambient", True,
         ("full",), tuple(VARIANTS["  own samples, extrapolated refit (beta 1)"][2].items())),

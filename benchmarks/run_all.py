@@ -54,7 +54,9 @@ DIGITS_6000 = [
     ("_extrapolate", ["ambient_no_consistency", "ambient_extrapolated_f0125"],
      ": the extrapolated refit (beta 1) on half the default's rows", (0, 1, 2)),
     ("_share", ["ambient_no_consistency", "ambient_extrapolated_share_05"],
-     ": the extrapolated refit (beta 1) with draws behind for half the default's rows", (0, 1, 2))]
+     ": the extrapolated refit (beta 1) with draws behind for half the default's rows", (0, 1, 2)),
+    ("_8_steps_sigma_min", ["ambient_no_consistency", "ambient_8_steps_sigma_min_0005"],
+     ": the own-sample ODE in 8 steps to sigma 0.005 (the default: 6 steps to 0.002)", (0,))]
 
 SECTIONS = [  # (results page, title, the command that writes it: script and arguments)
     ("consistency_frontier.md", "The consistency options at a glance: step cost against "
@@ -91,12 +93,12 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "default vs no consistency at four times the training budget",
      ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "--points", "131072"]),
     ("consistency_points_seeds.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
-     "points (131072), eight seeds: the default and the extrapolated refit (beta 1, on half the "
-     "rows, and with draws behind for half the default's rows) vs no consistency at four times "
-     "the training budget",
+     "points (131072), eight seeds: the default, the extrapolated refit (beta 1, on half the "
+     "rows, and with draws behind for half the default's rows) and the own-sample ODE in 8 steps "
+     "to sigma 0.005 vs no consistency at four times the training budget",
      ["consistency_seeds.py", "--steps", "6000", "--seeds", *map(str, range(8)), "--sigmas",
       "0.15", "--candidates", "none", "default", "extrapolate-1-fraction-0.125",
-      "extrapolate-1-share-0.5", "--points", "131072"]),
+      "extrapolate-1-share-0.5", "8-steps-sigma-min-0.005", "--points", "131072"]),
     ("consistency_points_net.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
      "points (131072) and an MLP 256x4 (the ablation's is 128x3): the default vs no consistency "
      "at four times the training budget",
@@ -104,11 +106,12 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
       "--candidates", "none", "default", "--points", "131072", "--net", "256x4"]),
     ("consistency_points_steps.md", "Gaussian mixture with 8 times the training points "
      "(131072): the own-sample ODE, 6 steps to sigma 0.002 (the default) vs 8, 12 and 24 steps, "
-     "vs 6 steps to 0.005 and 12 steps on half the rows, and the extrapolated refit (beta 1, on "
-     "the default's rows, on half and on three quarters of them, and with draws behind for a "
-     "quarter or half of the default's rows), at four times the training budget",
+     "vs 6 and 8 steps to 0.005 and 12 steps on half the rows, and the extrapolated refit (beta "
+     "1, on the default's rows, on half and on three quarters of them, and with draws behind for "
+     "a quarter or half of the default's rows), at four times the training budget",
      ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "8-steps",
-      "12-steps", "24-steps", "sigma-min-0.005", "fraction-0.125-12-steps", "extrapolate-1",
+      "12-steps", "24-steps", "sigma-min-0.005", "8-steps-sigma-min-0.005",
+      "fraction-0.125-12-steps", "extrapolate-1",
       "extrapolate-1-fraction-0.125", "extrapolate-1-fraction-0.1875", "extrapolate-1-share-0.25",
       "extrapolate-1-share-0.5",
       "--points", "131072"]),

@@ -113,6 +113,8 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     eight_seeds = (tmp_path / "consistency_points_seeds.md").read_text(encoding="utf-8")
     assert ("| own samples, extrapolated refit (beta 1), draws behind for half the rows | 0.15 | "
             "1 |") in eight_seeds
+    assert "| own samples, 8 ODE steps to sigma 0.005 | 0.15 | 1 |" in eight_seeds
+    assert "| own samples, 8 ODE steps to sigma 0.005 | 0.15 | 1 |" in steps_page
     for page in ("consistency_sigma_min.md", "consistency_sigma_min_budget.md"):
         text = (tmp_path / page).read_text(encoding="utf-8")
         assert "| own samples, ODE to sigma 0.005 instead of 0.002 |" in text, page
@@ -120,6 +122,8 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "own samples, ODE to sigma 0.005 | full" in digits_end
     eight = (tmp_path / "digits_unet_6000_8_steps_s0.md").read_text(encoding="utf-8")
     assert "own samples, 8 ODE steps | full" in eight
+    eight = (tmp_path / "digits_unet_6000_8_steps_sigma_min_s0.md").read_text(encoding="utf-8")
+    assert "own samples, 8 ODE steps to sigma 0.005 | full" in eight
     extrapolated = (tmp_path / "digits_unet_6000_extrapolate_s0.md").read_text(encoding="utf-8")
     assert "extrapolated refit (beta 1), fraction 0.125 | full" in extrapolated
     extrapolated = (tmp_path / "digits_unet_extrapolate.md").read_text(encoding="utf-8")
@@ -156,6 +160,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
         assert label in cost, label
     frontier = (tmp_path / "consistency_frontier.md").read_text(encoding="utf-8")
     assert "| default | 0.15 | " in frontier and "| extrapolate-1-share-0.5 | 0.15 | " in frontier
+    assert "| 8-steps-sigma-min-0.005 | 0.15 | " in frontier
     assert "| best case from the data (labels known) | 0.15 |" in frontier
     assert (tmp_path / "consistency" / "frontier.png").stat().st_size > 0
     assert float((tmp_path / "run_all_seconds.txt").read_text(encoding="utf-8")) > 0
