@@ -180,8 +180,6 @@ def write(results: Path, out: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/consistency_frontier.md")
-    parser.add_argument("--quick", action="store_true",
-                        help="accepted for run_all's smoke run (this page trains nothing)")
     args = parser.parse_args()
     out = Path(args.out)
     print(write(out.parent, out))

@@ -192,6 +192,9 @@ COMMAND = {page: command for page, _, command in SECTIONS}
 # pages run after all the others, alone, in this order: the step cost (timed on 2 threads),
 # then the summary drawn from it and the mixture pages (it trains nothing)
 LAST = ["step_cost.md", "consistency_frontier.md"]
+# what --quick passes a page's command: "--quick" (the smoke version), except for the pages
+# that have none: the step cost times one round, the summary reads the smoke pages as they are
+QUICK_ARGS = {"step_cost.md": ["--rounds", "1"], "consistency_frontier.md": []}
 STATED = defaults_summary().split(":")[0]  # how a page begins to state its training defaults
 # single-threaded jobs, longest first: (results page, run in shards). A sharded page's runs are
 # split over --shards processes (consistency_ablation.py / consistency_seeds.py --shard K/N)
@@ -284,13 +287,12 @@ def out_argument(path: Path) -> str:
 
 def run(page: str, extra: list[str], quick: bool, results: Path) -> None:
     """Run the command of ``page`` (plus ``extra`` arguments) from the repository root, writing
-    the page into ``results`` (``--quick``: the smoke version, except for step_cost.py which has
-    none)."""
+    the page into ``results`` (``quick``: with the page's QUICK_ARGS, by default ``--quick``)."""
     script, *args = COMMAND[page]
     cmd = [sys.executable, str(HERE / script), *args, *extra, "--out",
            out_argument(results / page)]
-    if quick and script != "step_cost.py":
-        cmd.append("--quick")
+    if quick:
+        cmd += QUICK_ARGS.get(page, ["--quick"])
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
     print(f"run_all: {page} {' '.join(extra)} took {time.perf_counter() - start:.0f} s", flush=True)
@@ -393,8 +395,7 @@ def main(argv: list[str] | None = None) -> Path:
             list(pool.map(lambda job: run(*job, args.quick, results), jobs))
         for page in LAST:
             if not args.only or page in args.only:
-                run(page, ["--rounds", "1"] if args.quick and page == "step_cost.md" else [],
-                    args.quick, results)
+                run(page, [], args.quick, results)
         if not args.only:  # the time of a full run
             (results / "run_all_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n",
                                                          encoding="utf-8")
