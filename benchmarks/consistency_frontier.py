@@ -10,7 +10,10 @@ Reads two pages already written in the results folder and runs nothing new:
 For every option it plots the covariance error as a multiple of the clean oracle's (the
 issue's target: at most 1.25x) against the step cost (at most 2.5x), one panel per sigma_n,
 with the target region shaded and the best case the data allow (component labels known) drawn
-as a line, and tabulates the same with the excess ratio beside it (target: at most 0.5).
+as a line, and tabulates the same with the excess ratio beside it (target: at most 0.5) and
+where the covariance error lies: the width of the samples' bulk about their components (core,
+1 = right) and the share stranded between components (fresh draws of p0: 0.01), beside the
+oracle's.
 
     python benchmarks/consistency_frontier.py   # writes benchmarks/results/consistency_frontier.md
 """
@@ -36,6 +39,7 @@ POINTS_PAGE = "consistency_points_steps.md"  # its rows: the options at 8x the p
 POINTS = 131072
 NETWORKS = ("unet", "mlp")  # the step-cost page's networks, in its order
 ORACLE = MAIN[0]
+SPREAD = ("core", "stranded")  # where the covariance error lies (consistency_ablation.core_spread)
 
 
 def step_costs(page: Path) -> dict[tuple[str, str], float]:
@@ -54,7 +58,8 @@ def option_rows(rows: list[dict[str, object]], costs: dict[tuple[str, str], floa
     """One record per (option, sigma_n) of ``rows`` that has a step cost: its key in
     CANDIDATES, the costs per network, and, per seed (paired with that seed's oracle and
     no-consistency model), its covariance error over the oracle's and its excess error at
-    sigma_n / 4 over the no-consistency model's."""
+    sigma_n / 4 over the no-consistency model's, and (unpaired) its core width and stranded
+    share."""
     by = {(r["variant"], float(r["sigma_n"]), r["seed"]): r for r in rows}
     oracle = {r["seed"]: float(r["cov_err"]) for r in rows if r["variant"] == ORACLE}
     out = []
@@ -72,7 +77,8 @@ def option_rows(rows: list[dict[str, object]], costs: dict[tuple[str, str], floa
                 "cov": [float(r["cov_err"]) / oracle[r["seed"]] for r in mine],
                 "excess": [float(r["excess@sn/4"])
                            / float(by[(BASELINE[name], sigma_n, r["seed"])]["excess@sn/4"])
-                           for r in mine]})
+                           for r in mine],
+                **{field: [float(r[field]) for r in mine] for field in SPREAD}})
     return sorted(out, key=lambda r: r["sigma_n"])  # stable: CANDIDATES' order within
 
 
@@ -118,12 +124,17 @@ def plot(records: list[dict[str, object]], floors: dict[float, float], path: Pat
     return path
 
 
-def table(records: list[dict[str, object]], floors: dict[float, float]) -> str:
+def table(records: list[dict[str, object]], floors: dict[float, float],
+          oracle: dict[str, list[float]]) -> str:
     """The markdown table of the records, one line per option and sigma_n, and whether each
-    meets the cost, covariance and excess targets."""
+    meets the cost, covariance and excess targets; ``oracle``: the clean oracle's SPREAD
+    figures, its line."""
     lines = ["| option | sigma_n | step cost (UNet / MLP) | covariance error / oracle's | "
-             "excess at sigma_n/4 / no consistency's | within all three targets |",
-             "|---|---:|---:|---:|---:|---|"]
+             "excess at sigma_n/4 / no consistency's | core width | stranded | "
+             "within all three targets |",
+             "|---|---:|---:|---:|---:|---:|---:|---|",
+             f"| clean oracle | any | 1x | 1 | - | {mean_sd(oracle['core'], '.3g')} | "
+             f"{mean_sd(oracle['stranded'], '.2g')} | - |"]
     for r in records:
         cost, cov, excess = r["cost"], r["cov"], r["excess"]
         mlp_cost = f"{cost['mlp']:.2f}x" if cost["mlp"] is not None else "-"
@@ -131,10 +142,11 @@ def table(records: list[dict[str, object]], floors: dict[float, float]) -> str:
                and mean(excess) <= EXCESS_TARGET)
         lines.append(f"| {r['key']} | {r['sigma_n']:g} | {cost['unet']:.2f}x / {mlp_cost} | "
                      f"{mean_sd(cov, '.2f')} | {mean_sd(excess, '.3f')} | "
+                     f"{mean_sd(r['core'], '.3g')} | {mean_sd(r['stranded'], '.2g')} | "
                      f"{'yes' if met else 'no'} |")
     for sigma_n, floor in sorted(floors.items()):
         lines.append(f"| best case from the data (labels known) | {sigma_n:g} | - | {floor:.2f} "
-                     f"| - | - |")
+                     f"| - | - | - | - |")
     return "\n".join(lines)
 
 
@@ -152,7 +164,8 @@ def write(results: Path, out: Path) -> str:
     if not records:
         raise SystemExit(f"consistency_frontier: no option of {points_page} has both a clean "
                          f"oracle row and a step cost in {cost_page}")
-    oracle = mean(float(r["cov_err"]) for r in rows if r["variant"] == ORACLE)
+    oracle_rows = [r for r in rows if r["variant"] == ORACLE]
+    oracle = mean(float(r["cov_err"]) for r in oracle_rows)
     floors = {s: float(deconvolution_reference(s, points=POINTS)["cov_err"]) / oracle
               for s in sorted({float(r["sigma_n"]) for r in records})}
     figure = plot(records, floors, out.parent / "consistency" / "frontier.png")
@@ -168,11 +181,16 @@ def write(results: Path, out: Path) -> str:
             f"training sets over the oracle's mean error), so where it lies above the box no "
             f"method can reach the box at this sample size. The star is the default. The table "
             f"adds the excess denoising error at sigma_n/4 over the no-consistency model's "
-            f"(target: at most {EXCESS_TARGET}). {defaults_summary()}\n\n"
+            f"(target: at most {EXCESS_TARGET}) and where the covariance error lies: the "
+            f"samples' core width (the bulk's spread about the nearest component over fresh "
+            f"draws' of p0: 1 = right) and the share stranded between components (beyond fresh "
+            f"draws' 99% quantile: 0.01 = right), mean ± sd over the seeds. "
+            f"{defaults_summary()}\n\n"
             f"Rerun: `python benchmarks/consistency_frontier.py` (reads step_cost.md and "
             f"{POINTS_PAGE}; rerun those first to refresh it).\n\n"
             f"![step cost against covariance error](consistency/{figure.name})\n\n"
-            + table(records, floors) + "\n")
+            + table(records, floors, {field: [float(r[field]) for r in oracle_rows]
+                                      for field in SPREAD}) + "\n")
     atomic_write_text(out, text)
     return text
 

@@ -503,7 +503,7 @@ def test_consistency_frontier_pairs_by_seed(tmp_path: Path,
 
     def row(name: str, seed: int, cov: float, excess: float) -> dict[str, object]:
         return {"variant": name, "sigma_n": 0.15, "seed": seed, "cov_err": cov,
-                "excess@sn/4": excess}
+                "excess@sn/4": excess, "core": 1.0 + seed / 10, "stranded": 0.02}
 
     rows = [row(frontier.ORACLE, 0, 0.1, 0.0), row(frontier.ORACLE, 1, 0.2, 0.0),
             row(seeds.CANDIDATES["none"], 0, 1.0, 0.4), row(seeds.CANDIDATES["none"], 1, 1.0, 0.8),
@@ -514,5 +514,8 @@ def test_consistency_frontier_pairs_by_seed(tmp_path: Path,
     assert record["cost"] == {"unet": 2.17, "mlp": 2.1}
     assert record["cov"] == pytest.approx([1.5, 1.0]) and record["excess"] == pytest.approx(
         [0.05, 0.025])
-    table = frontier.table(records, {0.15: 0.8})
-    assert "| default | 0.15 | 2.17x / 2.10x | 1.25 ± 0.35 | 0.037 ± 0.018 | yes |" in table
+    assert record["core"] == pytest.approx([1.0, 1.1]) and record["stranded"] == [0.02, 0.02]
+    table = frontier.table(records, {0.15: 0.8}, {"core": [1.0], "stranded": [0.01]})
+    assert ("| default | 0.15 | 2.17x / 2.10x | 1.25 ± 0.35 | 0.037 ± 0.018 | 1.05 ± 0.071 | "
+            "0.02 ± 0 | yes |") in table
+    assert "| clean oracle | any | 1x | 1 | - | 1 | 0.01 | - |" in table
