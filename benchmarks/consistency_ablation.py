@@ -181,15 +181,24 @@ def run_variant(name: str, sigma_n: float, steps: int, root: Path, seed: int = 0
     config = {**config, "sigma_n": {"max": sigma_n}}
     modes = {"": False, "truncated_": True} if name == MAIN[2] else {"": False}
     for prefix, truncate in modes.items():
-        drawn = generate(denoiser, config, SAMPLES, steps=heun_steps, seed=6,
-                         truncate=truncate)
-        cov = component_covariance_error(drawn, gmm)
-        row[prefix + "cov_err"], row[prefix + "width"] = cov.error, cov.width_ratio
-        spread = core_spread(drawn, gmm)
-        row[prefix + "core"], row[prefix + "stranded"] = spread.core, spread.stranded
-        row[prefix + "sw"] = sliced_wasserstein(drawn, fresh_draws(gmm),
-                                                generator=torch.Generator().manual_seed(8))
+        scores = sample_scores(denoiser, config, gmm, heun_steps, truncate)
+        row.update({prefix + key: value for key, value in scores.items()})
     return row
+
+
+def sample_scores(denoiser: Callable[[Tensor, Tensor], Tensor], config: dict[str, object],
+                  gmm: GaussianMixture, heun_steps: int = SAMPLER_STEPS,
+                  truncate: bool = False) -> dict[str, float]:
+    """Score SAMPLES draws of ``denoiser`` (``heun_steps`` Heun steps, sampling seed 6, to 0 or
+    truncated at sigma_n): per-component covariance error and width ratio, core spread and
+    stranded share, sliced Wasserstein distance to fresh draws of the mixture."""
+    drawn = generate(denoiser, config, SAMPLES, steps=heun_steps, seed=6, truncate=truncate)
+    cov = component_covariance_error(drawn, gmm)
+    spread = core_spread(drawn, gmm)
+    return {"cov_err": cov.error, "width": cov.width_ratio, "core": spread.core,
+            "stranded": spread.stranded,
+            "sw": sliced_wasserstein(drawn, fresh_draws(gmm),
+                                     generator=torch.Generator().manual_seed(8))}
 
 
 @functools.cache

@@ -126,6 +126,9 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
       "131072"]),
     ("consistency_plateau.md", "Diagnostic: the exact-teacher plateau at sigma_n = 0.15 against "
      "the learning rate and the ODE steps", ["consistency_plateau.py"]),
+    ("consistency_bands.md", "Diagnostic: at which noise levels the default's samples go wrong "
+     "(band swaps with the clean oracle, sigma_n = 0.15, 8 times the points)",
+     ["consistency_bands.py"]),
     ("consistency_probes.md", "Diagnostic: probes of the own-sample fixed point",
      ["consistency_probes.py"]),
     ("digits.md", "Digits: sample quality (Frechet distance) and the denoising table",
@@ -153,6 +156,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
     ("digits_unet_seeds_345.md", "Digits with a small UNet: the default and the extrapolated "
      "refit with draws behind for half the default's rows, three more seeds (3, 4, 5)",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "3", "4", "5",
+      "--methods", "ambient_no_consistency", "ambient_consistency",
+      "ambient_extrapolated_share_05"]),
+    ("digits_unet_seeds_6789.md", "Digits with a small UNet: the default and the extrapolated "
+     "refit with draws behind for half the default's rows, four more seeds (6, 7, 8, 9)",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "6", "7", "8", "9",
       "--methods", "ambient_no_consistency", "ambient_consistency",
       "ambient_extrapolated_share_05"]),
     ("digits_unet_cap1.md", "Digits with a small UNet, paper's ambient weighting (weight cap 1), "
@@ -206,6 +214,7 @@ JOBS = [
     ("exact_teacher_0.15.md", False),
     ("exact_teacher_points.md", False),
     ("consistency_plateau.md", False),
+    ("consistency_bands.md", False),
     *[(f"{name}.md", True)
       for name in ("consistency", "consistency_seeds", "consistency_budget", "consistency_long",
                    "consistency_points_seeds", "consistency_points_steps",
@@ -221,6 +230,7 @@ JOBS = [
     ("digits_unet_fraction.md", False),
     ("digits_unet_extrapolate.md", False),
     ("digits_unet_seeds_345.md", False),
+    ("digits_unet_seeds_6789.md", False),
     ("digits_unet_sigma_min.md", False),
     ("digits_unet_options.md", False),
     ("digits.md", False),

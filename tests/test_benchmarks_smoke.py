@@ -4,9 +4,11 @@ each writes its page with the expected rows and figures, and RESULTS.md collects
 from __future__ import annotations
 
 import importlib
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from ambient.defaults import DEFAULT_CONSISTENCY, default_train_config
 
@@ -142,6 +144,11 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     for label in ("| exact teacher | 0.002 | 6 |", "| exact teacher | 0.0005 | 24 |",
                   "| learned | 0.0005 | 6 |", "| oracle | 0.0005 | - |"):
         assert label in plateau, label
+    bands = (tmp_path / "consistency_bands.md").read_text(encoding="utf-8")
+    for label in ("| oracle | everywhere | 1 |", "| default | everywhere | 1 |",
+                  "| oracle inside, default outside | [0.5, 1) | 1 |",
+                  "| default inside, oracle outside | >= 4 | 1 |"):
+        assert label in bands, label
 
     probes = (tmp_path / "consistency_probes.md").read_text(encoding="utf-8")
     lift = f"{DEFAULT_CONSISTENCY.lift:g}"
@@ -169,7 +176,7 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
               if "> Not made with the current defaults" in section}
     stand_ins = {title for page, title, _ in run_all.SECTIONS
                  if "would repeat" in (tmp_path / page).read_text(encoding="utf-8")}
-    assert marked == stand_ins and len(stand_ins) == 16
+    assert marked == stand_ins and len(stand_ins) == 17
     assert "> Made with another command" not in results  # --quick, --out, --shard: same command
 
 
@@ -483,6 +490,20 @@ def test_latent_gpu_benchmark_runs_the_real_path_on_tiny_components(
     results = run_all.assemble(tmp_path, tmp_path / "RESULTS.md").read_text(encoding="utf-8")
     assert "## On a GPU: SDXL at real size, fine-tuning step and sampling" in results
     assert "On a GPU: training-step cost at batch 128" not in results  # absent pages are skipped
+
+
+def test_consistency_bands_swap_by_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A band swap uses one denoiser for the rows whose level lies in [lo, hi), the other for
+    the rest, row by row, for a shared level or one level per row."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bands = importlib.import_module("consistency_bands")
+    swap = bands.banded(lambda x, s: torch.ones_like(x), lambda x, s: torch.zeros_like(x),
+                        0.1, 0.2)
+    x = torch.randn(4, 2)
+    out = swap(x, torch.tensor([0.05, 0.1, 0.15, 0.2]))
+    assert out[:, 0].tolist() == [0.0, 1.0, 1.0, 0.0] and out.shape == x.shape
+    assert swap(x, torch.tensor(0.15)).eq(1).all() and swap(x, torch.tensor(0.3)).eq(0).all()
+    assert bands.band_label(0.5, 1.0) == "[0.5, 1)" and bands.band_label(4.0, math.inf) == ">= 4"
 
 
 def test_consistency_frontier_pairs_by_seed(tmp_path: Path,
