@@ -159,17 +159,8 @@ def run_variant(name: str, sigma_n: float, steps: int, root: Path, seed: int = 0
     training points at ``sigma_n`` (``seed``: the data's noise and the training run; ``lr``:
     another learning rate) and score it, sampling with ``heun_steps``; the evaluation draws are
     the same for every seed."""
-    clean = VARIANTS[name][1]
-    cfg = default_train_config("gmm")
-    cfg.net = mlp(net)
-    cfg.engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps,
-                         seed=seed, lr=lr or cfg.engine.lr)
-    cfg.objective = variant_objective(name)
-    dataset = resolve_dataset(gmm_spec(points), 0.0 if clean else sigma_n, seed=seed)
     run_dir = root / f"{sigma_n}_{len(list(root.iterdir()))}"
-    start = time.perf_counter()
-    train(cfg, dataset, run_dir, progress=False)
-    seconds = time.perf_counter() - start
+    seconds = train_variant(name, sigma_n, steps, run_dir, seed, lr, points, net)
     denoiser, config = load_run(run_dir)
     gmm, _ = parse_gmm_spec(GMM)
     levels = [sigma_n / 4, sigma_n / 2, sigma_n, 2 * sigma_n]
@@ -184,6 +175,22 @@ def run_variant(name: str, sigma_n: float, steps: int, root: Path, seed: int = 0
         scores = sample_scores(denoiser, config, gmm, heun_steps, truncate)
         row.update({prefix + key: value for key, value in scores.items()})
     return row
+
+
+def train_variant(name: str, sigma_n: float, steps: int, run_dir: Path, seed: int = 0,
+                  lr: float | None = None, points: int = POINTS, net: str = NET) -> float:
+    """Train the variant ``name`` into ``run_dir`` as :func:`run_variant` describes; return the
+    training time in seconds."""
+    clean = VARIANTS[name][1]
+    cfg = default_train_config("gmm")
+    cfg.net = mlp(net)
+    cfg.engine = replace(cfg.engine, steps=steps, checkpoint_every=steps, log_every=steps,
+                         seed=seed, lr=lr or cfg.engine.lr)
+    cfg.objective = variant_objective(name)
+    dataset = resolve_dataset(gmm_spec(points), 0.0 if clean else sigma_n, seed=seed)
+    start = time.perf_counter()
+    train(cfg, dataset, run_dir, progress=False)
+    return time.perf_counter() - start
 
 
 def sample_scores(denoiser: Callable[[Tensor, Tensor], Tensor], config: dict[str, object],

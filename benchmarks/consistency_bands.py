@@ -33,9 +33,9 @@ from consistency_ablation import (
     MAIN,
     QUICK_STEPS,
     gmm_spec,
-    run_variant,
     sample_scores,
     sampler_steps,
+    train_variant,
 )
 from digits_benchmark import mean_sd
 
@@ -71,12 +71,10 @@ def seed_rows(seed: int, steps: int, points: int, heun_steps: int,
               root: Path) -> list[dict[str, object]]:
     """Train the oracle and the default on ``seed`` and score them and every band swap."""
     runs = {}
-    for name in (ORACLE, DEFAULT):
-        index = len(list(root.iterdir()))  # run_variant's run folder: root / f"{sigma_n}_{index}"
-        run_variant(name, SIGMA_N, steps, root, seed=seed, heun_steps=heun_steps,
-                    points=points)
-        runs[name] = load_run(root / f"{SIGMA_N}_{index}")
-    (oracle, config), (default, _) = runs[ORACLE], runs[DEFAULT]
+    for key, name in (("oracle", ORACLE), ("default", DEFAULT)):
+        train_variant(name, SIGMA_N, steps, root / f"{key}_{seed}", seed=seed, points=points)
+        runs[key] = load_run(root / f"{key}_{seed}")
+    (oracle, config), (default, _) = runs["oracle"], runs["default"]
     config = {**config, "sigma_n": {"max": SIGMA_N}}
     gmm, _ = parse_gmm_spec(GMM)
     plan = [("oracle", "everywhere", oracle), ("default", "everywhere", default)]
