@@ -113,6 +113,8 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
     "  own samples, extrapolated refit (beta 1), draws behind for half the rows": (
         "ambient", False, {"extrapolate": 1.0, "extrapolate_share": 0.5}, {}),
     "  own samples, paper weighting (cap 1)": ("ambient", False, {}, {"weight_cap": 1.0}),
+    "  own samples + SURE at sigma_n on a quarter of the rows": ("ambient", False, {},
+                                                                 {"sure_weight": 1.0}),
     "  own samples, log-uniform levels": ("ambient", False, {"levels": "log-uniform"}, {}),
     "  own samples, log-normal levels": ("ambient", False, {"levels": "log-normal"}, {}),
     "  own samples, mixed levels": ("ambient", False, {"levels": "mixed"}, {}),

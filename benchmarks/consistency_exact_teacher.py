@@ -48,17 +48,19 @@ from consistency_ablation import (
 
 
 class ExactAbove(nn.Module):
-    """``D(x, sigma)``: the mixture's analytic posterior mean for ``sigma > sigma_n``, the wrapped
-    network at and below ``sigma_n``."""
+    """``D(x, sigma)``: the mixture's analytic posterior mean for ``sigma > sigma_n`` (with
+    ``at_sigma_n``, for ``sigma >= sigma_n``: then the own-sample draws' first step, taken at the
+    data's level, is exact too), the wrapped network below."""
 
-    def __init__(self, net: nn.Module, gmm: GaussianMixture, sigma_n: float) -> None:
+    def __init__(self, net: nn.Module, gmm: GaussianMixture, sigma_n: float,
+                 at_sigma_n: bool = False) -> None:
         super().__init__()
-        self.net, self.gmm, self.sigma_n = net, gmm, sigma_n
+        self.net, self.gmm, self.sigma_n, self.at_sigma_n = net, gmm, sigma_n, at_sigma_n
 
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
         """Each row evaluated once, by the analytic denoiser or by the network."""
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        above = sigma > self.sigma_n
+        above = sigma >= self.sigma_n if self.at_sigma_n else sigma > self.sigma_n
         out = torch.empty_like(x)
         if above.any():
             out[above] = self.gmm.denoiser(x[above], sigma[above]).to(x.dtype)

@@ -114,6 +114,9 @@ METHODS = {
         "the rows", "ambient", True, ("full",),
         tuple(VARIANTS["  own samples, extrapolated refit (beta 1), draws behind for half the "
                        "rows"][2].items())),
+    "ambient_sure": Method(
+        "ambient + consistency (default), SURE at sigma_n on a quarter of the rows", "ambient",
+        True, ("full",), settings=(("sure_weight", 1.0),)),
     "ambient_cap1_no_consistency": Method(
         "ambient, no consistency, paper weighting (cap 1)", "ambient", False, ("full", "truncated"),
         settings=(("weight_cap", 1.0),)),

@@ -99,6 +99,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["consistency_seeds.py", "--steps", "6000", "--seeds", *map(str, range(8)), "--sigmas",
       "0.15", "--candidates", "none", "default", "extrapolate-1-fraction-0.125",
       "extrapolate-1-share-0.5", "8-steps-sigma-min-0.005", "--points", "131072"]),
+    ("consistency_points_sure.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
+     "points (131072), five seeds: a SURE term at sigma_n on a quarter of the rows besides the "
+     "default consistency, against the default, at four times the training budget",
+     ["consistency_seeds.py", "--steps", "6000", "--seeds", *map(str, range(5)), "--sigmas",
+      "0.15", "--candidates", "default", "sure", "--points", "131072"]),
     ("consistency_points_net.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
      "points (131072) and an MLP 256x4 (the ablation's is 128x3): the default vs no consistency "
      "at four times the training budget",
@@ -108,12 +113,13 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "(131072): the own-sample ODE, 6 steps to sigma 0.002 (the default) vs 8, 12 and 24 steps, "
      "vs 6 and 8 steps to 0.005 and 12 steps on half the rows, and the extrapolated refit (beta "
      "1, on the default's rows, on half and on three quarters of them, and with draws behind for "
-     "a quarter or half of the default's rows), at four times the training budget",
+     "a quarter or half of the default's rows), and a SURE term at sigma_n besides the default, "
+     "at four times the training budget",
      ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "8-steps",
       "12-steps", "24-steps", "sigma-min-0.005", "8-steps-sigma-min-0.005",
       "fraction-0.125-12-steps", "extrapolate-1",
       "extrapolate-1-fraction-0.125", "extrapolate-1-fraction-0.1875", "extrapolate-1-share-0.25",
-      "extrapolate-1-share-0.5",
+      "extrapolate-1-share-0.5", "sure",
       "--points", "131072"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
@@ -129,6 +135,9 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
     ("consistency_bands.md", "Diagnostic: at which noise levels the default's samples go wrong "
      "(band swaps with the clean oracle, sigma_n = 0.15, 8 times the points)",
      ["consistency_bands.py"]),
+    ("consistency_bridge.md", "Diagnostic: where in space the default's covariance error lies (a "
+     "bridge between the closest components, sigma_n = 0.15, 8 times the points)",
+     ["consistency_bridge.py"]),
     ("consistency_probes.md", "Diagnostic: probes of the own-sample fixed point",
      ["consistency_probes.py"]),
     ("digits.md", "Digits: sample quality (Frechet distance) and the denoising table",
@@ -163,6 +172,10 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "6", "7", "8", "9",
       "--methods", "ambient_no_consistency", "ambient_consistency",
       "ambient_extrapolated_share_05"]),
+    ("digits_unet_sure.md", "Digits with a small UNet: a SURE term at sigma_n on a quarter of "
+     "the rows besides the default consistency, three seeds",
+     ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
+      "--methods", "ambient_no_consistency", "ambient_sure"]),
     ("digits_unet_cap1.md", "Digits with a small UNet, paper's ambient weighting (weight cap 1), "
      "three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
@@ -215,9 +228,11 @@ JOBS = [
     ("exact_teacher_points.md", False),
     ("consistency_plateau.md", False),
     ("consistency_bands.md", False),
+    ("consistency_bridge.md", False),
     *[(f"{name}.md", True)
       for name in ("consistency", "consistency_seeds", "consistency_budget", "consistency_long",
-                   "consistency_points_seeds", "consistency_points_steps",
+                   "consistency_points_seeds", "consistency_points_sure",
+                   "consistency_points_steps",
                    "consistency_points_net",
                    "consistency_cap1_budget",
                    "consistency_levels_budget", "consistency_lift_budget", "consistency_points",
@@ -231,6 +246,7 @@ JOBS = [
     ("digits_unet_extrapolate.md", False),
     ("digits_unet_seeds_345.md", False),
     ("digits_unet_seeds_6789.md", False),
+    ("digits_unet_sure.md", False),
     ("digits_unet_sigma_min.md", False),
     ("digits_unet_options.md", False),
     ("digits.md", False),

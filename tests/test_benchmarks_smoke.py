@@ -117,6 +117,10 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
             "1 |") in eight_seeds
     assert "| own samples, 8 ODE steps to sigma 0.005 | 0.15 | 1 |" in eight_seeds
     assert "| own samples, 8 ODE steps to sigma 0.005 | 0.15 | 1 |" in steps_page
+    sure = (tmp_path / "consistency_points_sure.md").read_text(encoding="utf-8")
+    assert "| own samples + SURE at sigma_n on a quarter of the rows | 0.15 | 1 |" in sure
+    digits_sure = (tmp_path / "digits_unet_sure.md").read_text(encoding="utf-8")
+    assert "SURE at sigma_n on a quarter of the rows | full" in digits_sure
     for page in ("consistency_sigma_min.md", "consistency_sigma_min_budget.md"):
         text = (tmp_path / page).read_text(encoding="utf-8")
         assert "| own samples, ODE to sigma 0.005 instead of 0.002 |" in text, page
@@ -149,6 +153,10 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
                   "| oracle inside, default outside | [0.5, 1) | 1 |",
                   "| default inside, oracle outside | >= 4 | 1 |"):
         assert label in bands, label
+    bridge = (tmp_path / "consistency_bridge.md").read_text(encoding="utf-8")
+    for label in ("| oracle | 1 |", "| default | 1 |", "| default, exact at sigma_n | 1 |",
+                  "cov_err of components 4 and 5"):
+        assert label in bridge, label
 
     probes = (tmp_path / "consistency_probes.md").read_text(encoding="utf-8")
     lift = f"{DEFAULT_CONSISTENCY.lift:g}"
@@ -504,6 +512,42 @@ def test_consistency_bands_swap_by_level(monkeypatch: pytest.MonkeyPatch) -> Non
     assert out[:, 0].tolist() == [0.0, 1.0, 1.0, 0.0] and out.shape == x.shape
     assert swap(x, torch.tensor(0.15)).eq(1).all() and swap(x, torch.tensor(0.3)).eq(0).all()
     assert bands.band_label(0.5, 1.0) == "[0.5, 1)" and bands.band_label(4.0, math.inf) == ">= 4"
+
+
+def test_consistency_bridge_valley_evidence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evidence against a bridge is about 0 standard errors for draws of p0 and large for a
+    law with a bridge of samples between the closest components."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bridge = importlib.import_module("consistency_bridge")
+    from ambient.data import parse_gmm_spec
+    from ambient.evaluate import closest_pair
+
+    gmm, _ = parse_gmm_spec(bridge.GMM)
+    draws = gmm.sample(100000, generator=torch.Generator().manual_seed(4)).double()
+    assert abs(bridge.valley_evidence(draws, gmm, 131072)) < 5
+    i, j = closest_pair(gmm)
+    t = torch.rand(5000, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    joined = torch.cat([draws[:95000], gmm.means[i] + t * (gmm.means[j] - gmm.means[i])])
+    assert bridge.valley_evidence(joined, gmm, 131072) > 10
+
+
+def test_exact_above_includes_sigma_n_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact-teacher wrapper hands the level sigma_n itself to the analytic posterior mean
+    only with ``at_sigma_n`` (the bridge page's model), the levels below to the network."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    teacher = importlib.import_module("consistency_exact_teacher")
+    from ambient.data import parse_gmm_spec
+
+    gmm, _ = parse_gmm_spec(teacher.GMM)
+    net = torch.nn.Identity()
+    x = torch.randn(3, 2, dtype=torch.float64)
+    levels = torch.tensor([0.1, 0.15, 0.2], dtype=torch.float64)
+    exact = gmm.denoiser(x, levels)
+    for at, analytic in ((False, [False, False, True]), (True, [False, True, True])):
+        model = teacher.ExactAbove(lambda x, s: net(x), gmm, 0.15, at_sigma_n=at)
+        out = model(x, levels)
+        for row, use in enumerate(analytic):
+            assert torch.allclose(out[row], exact[row] if use else x[row]), (at, row)
 
 
 def test_consistency_frontier_pairs_by_seed(tmp_path: Path,

@@ -22,6 +22,7 @@ from ambient.evaluate import (
     Report,
     TorchScriptFeatures,
     build_digits_features_weights,
+    closest_pair,
     component_covariance_error,
     core_spread,
     covariance_noise_floor,
@@ -43,6 +44,7 @@ from ambient.evaluate import (
     sliced_wasserstein,
     sw_noise_floor,
     unconditional_memorization,
+    valley_share,
 )
 from ambient.evaluate.report import command_line
 
@@ -152,6 +154,24 @@ def test_core_spread(gmm):
         20000, generator=gen()), gmm)
     assert wide.core == pytest.approx(2.0, rel=0.05)  # std twice too wide
     assert wide.stranded > 0.3
+
+
+def test_valley_share_sees_a_bridge_between_the_closest_components():
+    means = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
+    pair_gmm = GaussianMixture(torch.tensor([0.4, 0.4, 0.2]), means, 0.01 * torch.eye(2).repeat(3, 1, 1))
+    assert closest_pair(pair_gmm) == (0, 1)
+    fresh = pair_gmm.sample(200000, generator=gen())
+    # each of the pair's components reaches t > 0.3 (3 std towards the other) with P = 0.00135
+    assert valley_share(fresh, pair_gmm) == pytest.approx(0.8 * 0.00135, abs=4e-4)
+    # a tenth of the samples spread evenly along the segment between the pair: 40% of them
+    # lie in the valley's middle (0.3, 0.7); moved off the segment by more than L / 4, none
+    t = torch.rand(20000, generator=gen(2))
+    bridge = torch.stack([t, torch.zeros_like(t)], 1)
+    joined = torch.cat([fresh[:180000], bridge])
+    assert valley_share(joined, pair_gmm) == pytest.approx(0.1 * 0.4 + 0.9 * 0.00108, abs=3e-3)
+    off = torch.cat([fresh[:180000], bridge + torch.tensor([0.0, 0.3])])
+    assert valley_share(off, pair_gmm) == pytest.approx(0.9 * 0.00108, abs=4e-4)
+    assert valley_share(joined, pair_gmm, pair=(0, 2)) < 1e-3  # another pair's valley is empty
 
 
 # ----------------------------------------------------------------------------- Frechet

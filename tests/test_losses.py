@@ -1,6 +1,7 @@
 """The losses against closed-form ground truth (Gaussian mixtures), as MATH.md prescribes."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from ambient import losses, noise
 from ambient.data import GaussianMixture
 from ambient.errors import AmbientError
-from ambient.objective import ConsistencyConfig
+from ambient.objective import ConsistencyConfig, ObjectiveConfig, sure_at_data, training_loss
 from ambient.samplers import reverse_step
 
 G = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
@@ -232,6 +233,36 @@ def test_sure_is_unbiased_for_the_denoising_risk(gmm):
         risk = (den(y, sv) - x0).pow(2).mean(1)
         se = (sure - risk).std() / n**0.5
         assert abs(sure.mean() - risk.mean()) < 4 * se + 1e-3
+
+
+def test_sure_at_data_trains_the_data_level_on_noisy_rows_only():
+    """The SURE term at the data level draws ``ceil(fraction * m)`` of the ``m`` noisy rows; on a
+    Gaussian ``x0 ~ N(0, v)`` its mean for ``D(y) = a y`` is ``lambda(s) E||a y - x0||^2 =
+    lambda(s) (a^2 (v + s^2) - 2 a v + v)``, least at the posterior mean's ``a = v / (v + s^2)``."""
+    n, v, s = 200_000, 0.3, 0.4
+    x0 = v**0.5 * torch.randn(n, 1, generator=G(1), dtype=torch.float64)
+    sigma_n = torch.where(torch.arange(n) % 2 == 0, s, 0.0).to(torch.float64)
+    y = x0 + sigma_n[:, None] * torch.randn(n, 1, generator=G(2), dtype=torch.float64)
+    weight = losses.edm_weight(torch.tensor(s, dtype=torch.float64)).item()
+    means = {}
+    for a in (0.3, v / (v + s * s), 0.9):
+        rows = sure_at_data(lambda x, sg, a=a: a * x, y, sigma_n, 0.5, generator=G(3))
+        assert rows is not None and len(rows) == n // 4  # half of the n / 2 noisy rows
+        means[a] = rows.mean().item()
+        risk = weight * (a * a * (v + s * s) - 2 * a * v + v)
+        assert means[a] == pytest.approx(risk, rel=0.03)
+    assert min(means, key=means.get) == pytest.approx(v / (v + s * s))
+    assert sure_at_data(lambda x, sg: x, y, torch.zeros(n, dtype=torch.float64), 0.5) is None
+    cfg = ObjectiveConfig(weight_cap=10.0, sure_weight=2.0)
+    net = lambda x, sg: 0.5 * x  # noqa: E731
+    loss, stats = training_loss(net, y[:64], sigma_n[:64], cfg, generator=G(4))
+    plain, _ = training_loss(net, y[:64], sigma_n[:64], replace(cfg, sure_weight=0.0),
+                             generator=G(4))
+    assert loss.item() == pytest.approx(plain.item() + 2.0 * stats["sure"].item())
+    for bad, field in ((replace(cfg, sure_weight=-1.0), "sure_weight"),
+                       (replace(cfg, sure_fraction=0.0), "sure_fraction")):
+        with pytest.raises(AmbientError, match=f"objective.{field}"):
+            bad.validate()
 
 
 # ----------------------------------------------------------------------------- consistency

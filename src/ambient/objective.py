@@ -9,6 +9,7 @@ objective                                 forward evaluations (samples)  backwar
 DSM / naive DSM                           B                              B
 ambient                                   B                              B
 SURE                                      2B                             2B
+ambient + SURE at the data (share u)      B + 2uB                        B + 2uB
 ambient + consistency, start="data"       B + fB(k + 1 + 2K)             B + fB (single_backward)
 ambient + consistency, start="ambient"    B + 2KfB (teacher shared)      B + fB (single_backward)
 ambient + consistency, target="samples"   B + fB(K + 2)                  B + fB
@@ -109,6 +110,10 @@ class ObjectiveConfig:
     p_std: float = 1.2  # log-normal training levels: std of ln sigma
     sigma_max: float = 80.0  # largest training level
     weight_cap: float = 1.0  # ambient weighting: 1 = paper's; >1 caps the x0-space factor 1/r^2
+    # method "ambient": weight of a SURE term at the data level (sure_at_data; 0 = off) and the
+    # share of the noisy rows it is drawn on
+    sure_weight: float = 0.0
+    sure_fraction: float = 0.25
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
 
     def validate(self) -> None:
@@ -118,6 +123,12 @@ class ObjectiveConfig:
         for name in ("sigma_data", "p_std", "sigma_max"):
             if not getattr(self, name) > 0:
                 raise AmbientError(f"objective.{name} must be > 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.sure_weight) and self.sure_weight >= 0):
+            raise AmbientError(f"objective.sure_weight must be finite and >= 0 (0 switches the "
+                               f"SURE term off), got {self.sure_weight}")
+        if not 0 < self.sure_fraction <= 1:
+            raise AmbientError(f"objective.sure_fraction must be in (0, 1], got "
+                               f"{self.sure_fraction}")
         self.consistency.validate()
 
 
@@ -175,12 +186,12 @@ def run_chain(
     return x
 
 
-def pick_rows(sigma_n: Tensor, cfg: ConsistencyConfig,
+def pick_rows(sigma_n: Tensor, fraction: float, floor: float,
               generator: torch.Generator | None = None) -> Tensor:
-    """Indices of the consistency sub-batch: ``ceil(fraction * m)`` of the ``m`` samples whose
-    level is above ``cfg.sigma_min`` (clean samples need no consistency), drawn at random."""
-    eligible = torch.nonzero(sigma_n > cfg.sigma_min).flatten()
-    count = math.ceil(cfg.fraction * eligible.numel())
+    """Indices of a sub-batch: ``ceil(fraction * m)`` of the ``m`` samples whose level is above
+    ``floor`` (clean samples need no consistency or SURE), drawn at random."""
+    eligible = torch.nonzero(sigma_n > floor).flatten()
+    count = math.ceil(fraction * eligible.numel())
     order = torch.randperm(eligible.numel(), generator=generator, device=eligible.device)
     return eligible[order[:count].to(eligible.device)]
 
@@ -261,14 +272,34 @@ def consistency_term(
     p_std: float = 1.2,
     memory: RefitMemory | None = None,
 ) -> Tensor | None:
-    """:func:`consistency_rows` on the sub-batch :func:`pick_rows` draws, or None if the batch
-    has no noisy sample."""
-    pick = pick_rows(sigma_n, cfg, generator)
+    """:func:`consistency_rows` on the sub-batch :func:`pick_rows` draws (``cfg.fraction`` of the
+    rows above ``cfg.sigma_min``), or None if the batch has no noisy sample."""
+    pick = pick_rows(sigma_n, cfg.fraction, cfg.sigma_min, generator)
     if pick.numel() == 0:
         return None
     rows = None if ambient is None else tuple(t[pick] for t in ambient)
     return consistency_rows(denoiser, y[pick], sigma_n[pick], cfg, rows, generator, sigma_data,
                             p_mean=p_mean, p_std=p_std, memory=memory)
+
+
+def sure_at_data(denoiser: Denoiser, y: Tensor, sigma_n: Tensor, fraction: float,
+                 sigma_data: float = 0.5,
+                 generator: torch.Generator | None = None) -> Tensor | None:
+    """Per-row SURE at the data's own level on ``fraction`` of the noisy rows (None if none):
+
+        lambda(s) * SURE(D(., s); y),   E[SURE] = E||D(y, s) - x0||^2 / d
+
+    (:func:`ambient.losses.sure_loss`, ``lambda`` the EDM weight). The ambient loss trains
+    ``D(., sigma)`` only above ``s``, with a weight that vanishes as ``sigma -> s``; this term
+    trains ``D(., s)`` itself, without bias, from the noisy data alone. That is the level where
+    the own-sample draws take their first step (lift 1). Two forward evaluations with a graph
+    per row."""
+    pick = pick_rows(sigma_n, fraction, 0.0, generator)
+    if pick.numel() == 0:
+        return None
+    s = sigma_n[pick]
+    probe = torch.randn(y[pick].shape, generator=generator, device=y.device, dtype=y.dtype)
+    return sure_loss(denoiser, y[pick], s, probe).loss * edm_weight(s, sigma_data)
 
 
 def training_loss(
@@ -293,6 +324,11 @@ def training_loss(
     amb = ambient_loss(denoiser, y, levels, sigma, noise, cfg.sigma_data, cfg.weight_cap)
     loss = amb.loss.mean()
     stats = {"ambient" if cfg.method == "ambient" else "dsm": loss.detach()}
+    if cfg.method == "ambient" and cfg.sure_weight > 0:
+        sure = sure_at_data(denoiser, y, sigma_n, cfg.sure_fraction, cfg.sigma_data, generator)
+        if sure is not None:
+            loss = loss + cfg.sure_weight * sure.mean()
+            stats["sure"] = sure.mean().detach()
     cons_cfg = cfg.consistency
     if cfg.method == "ambient" and cons_cfg.weight > 0:
         cons = consistency_term(denoiser, y, sigma_n, cons_cfg, (amb.x, amb.sigma, amb.denoised),

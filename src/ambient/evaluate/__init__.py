@@ -6,6 +6,7 @@ from ambient.evaluate.exactness import (
     CoreSpread,
     CovarianceError,
     ExactnessRow,
+    closest_pair,
     component_covariance_error,
     core_spread,
     covariance_noise_floor,
@@ -13,6 +14,7 @@ from ambient.evaluate.exactness import (
     excess_denoising_error,
     sliced_wasserstein,
     sw_noise_floor,
+    valley_share,
 )
 from ambient.evaluate.features import (
     DigitsFeatures,
@@ -50,6 +52,7 @@ __all__ = [
     "Report",
     "TorchScriptFeatures",
     "build_digits_features_weights",
+    "closest_pair",
     "component_covariance_error",
     "core_spread",
     "covariance_noise_floor",
@@ -72,4 +75,5 @@ __all__ = [
     "sliced_wasserstein",
     "sw_noise_floor",
     "unconditional_memorization",
+    "valley_share",
 ]

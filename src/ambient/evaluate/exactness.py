@@ -223,6 +223,31 @@ def core_spread(samples: Tensor, gmm: GaussianMixture, fresh: int = 20000) -> Co
                       stranded=float((r2 > torch.quantile(reference, 0.99)).double().mean()))
 
 
+def closest_pair(gmm: GaussianMixture) -> tuple[int, int]:
+    """The two components whose means are nearest each other (``i < j``)."""
+    dist = torch.cdist(gmm.means.double(), gmm.means.double())
+    dist.fill_diagonal_(math.inf)
+    i, j = divmod(int(dist.argmin()), gmm.num_components)
+    return min(i, j), max(i, j)
+
+
+def valley_share(x: Tensor, gmm: GaussianMixture, pair: tuple[int, int] | None = None) -> float:
+    """The share of ``x`` [N, d] in the valley between two components (by default the
+    :func:`closest_pair`): with ``mu_i``, ``mu_j`` and ``L = ||mu_j - mu_i||``, the points whose
+    projection ``t = (x - mu_i) . (mu_j - mu_i) / L^2`` lies in ``(0.3, 0.7)`` and whose
+    distance to the line through the two means is below ``L / 4``. A law with separated
+    components puts little mass there (the benchmarks' mixture: 0.0018); a model that joins the
+    two by a bridge of samples puts more."""
+    i, j = closest_pair(gmm) if pair is None else pair
+    x = x.reshape(len(x), -1).cpu().double()
+    start, axis = gmm.means[i].double(), (gmm.means[j] - gmm.means[i]).double()
+    length = float(axis.norm())
+    rel = x - start
+    t = rel @ axis / length**2
+    off = (rel - t[:, None] * axis).norm(dim=1)
+    return float(((t > 0.3) & (t < 0.7) & (off < length / 4)).double().mean())
+
+
 def _trace(m: Tensor) -> Tensor:
     return torch.diagonal(m, dim1=-2, dim2=-1).sum(-1)
 

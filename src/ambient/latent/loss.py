@@ -48,7 +48,7 @@ def latent_consistency(
     own text conditioning. ``s`` ``[B]`` are the VP levels of ``y`` (all > 0); ``ambient`` is the
     ambient loss's ``(x, v, D(x, v))``; ``sigma_floor`` is the VE level of timestep 0."""
     y_ve, s_ve = vp_to_ve(y, s)
-    pick = pick_rows(s_ve, cfg, generator)
+    pick = pick_rows(s_ve, cfg.fraction, cfg.sigma_min, generator)
     denoiser = ve_view(make_denoiser(cond.select(pick)))
     rows = None
     if ambient is not None:
