@@ -38,7 +38,7 @@ OBJECTIVES = {  # the plain objectives, then every option of the consistency abl
     # (the weight-cap variants are left out: the cap scales the ambient weights, not the work)
     **{name.strip(): variant_objective(name)
        for name, (method, _, overrides, objective) in VARIANTS.items()
-       if method == "ambient" and overrides is not None and not objective},
+       if method == "ambient" and overrides is not None and "weight_cap" not in objective},
 }
 DEFAULT = "ambient + consistency (default: own samples)"
 
