@@ -107,16 +107,25 @@ def summary(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     return out
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def seed_arguments(argv: list[str] | None, doc: str, out: str, quick: str = ""
+                   ) -> tuple[argparse.Namespace, int, list[int]]:
+    """The command line of a page trained on SEEDS for STEPS (``--quick``: QUICK_STEPS, the first
+    seed; ``quick``: what else a smoke run cuts, for its help), one CPU thread: the parsed
+    arguments, the steps and the seeds."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {QUICK_STEPS} steps, the first seed")
+                        help=f"smoke run: {QUICK_STEPS} steps, the first seed{quick}")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--out", default="benchmarks/results/consistency_bands.md")
+    parser.add_argument("--out", default=out)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     steps = QUICK_STEPS if args.quick else STEPS
-    seeds = args.seeds[:1] if args.quick else args.seeds
+    return args, steps, args.seeds[:1] if args.quick else args.seeds
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args, steps, seeds = seed_arguments(argv, __doc__,
+                                        "benchmarks/results/consistency_bands.md")
     start = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,7 +18,6 @@ costs the covariance error much moves that mass little, so the noisy data barely
 
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 import time
@@ -42,14 +41,11 @@ from ambient.generate import generate
 from ambient.nets import build_denoiser
 from ambient.samplers import Denoiser
 from ambient.train import DatasetLoss, load_run
-from consistency_ablation import GMM, MAIN, QUICK_STEPS, gmm_spec, sampler_steps, train_variant
+from consistency_ablation import GMM, MAIN, gmm_spec, sampler_steps, train_variant
+from consistency_bands import POINTS, SIGMA_N, seed_arguments
 from consistency_exact_teacher import ExactAbove
 from digits_benchmark import mean_sd
 
-SIGMA_N = 0.15
-POINTS = 131072  # 8x the ablation's, as on the eight-seed, frontier and bands pages
-STEPS = 6000
-SEEDS = (0, 1, 2)
 DRAWS = 200000  # samples per model; the covariance error reads the first COV_DRAWS
 COV_DRAWS = 40000
 QUICK_DRAWS = 4000
@@ -140,15 +136,9 @@ def summary(rows: list[dict[str, object]]) -> list[dict[str, object]]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {QUICK_STEPS} steps, the first seed, {QUICK_DRAWS} draws")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--out", default="benchmarks/results/consistency_bridge.md")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    steps = QUICK_STEPS if args.quick else STEPS
-    seeds = args.seeds[:1] if args.quick else args.seeds
+    args, steps, seeds = seed_arguments(argv, __doc__,
+                                        "benchmarks/results/consistency_bridge.md",
+                                        f", {QUICK_DRAWS} draws")
     draws = QUICK_DRAWS if args.quick else DRAWS
     start = time.perf_counter()
     rows = []
