@@ -67,15 +67,22 @@ def band_label(lo: float, hi: float) -> str:
     return f"[{lo:g}, {hi:g})" if math.isfinite(hi) else f">= {lo:g}"
 
 
-def seed_rows(seed: int, steps: int, points: int, heun_steps: int,
-              root: Path) -> list[dict[str, object]]:
-    """Train the oracle and the default on ``seed`` and score them and every band swap."""
+def oracle_and_default(seed: int, steps: int, points: int,
+                       root: Path) -> tuple[Denoiser, Denoiser, dict[str, object]]:
+    """Train the oracle and the default on ``seed`` at SIGMA_N into ``root``: their EMA
+    denoisers and the run config to sample them with (sigma_n set)."""
     runs = {}
     for key, name in (("oracle", ORACLE), ("default", DEFAULT)):
         train_variant(name, SIGMA_N, steps, root / f"{key}_{seed}", seed=seed, points=points)
         runs[key] = load_run(root / f"{key}_{seed}")
     (oracle, config), (default, _) = runs["oracle"], runs["default"]
-    config = {**config, "sigma_n": {"max": SIGMA_N}}
+    return oracle, default, {**config, "sigma_n": {"max": SIGMA_N}}
+
+
+def seed_rows(seed: int, steps: int, points: int, heun_steps: int,
+              root: Path) -> list[dict[str, object]]:
+    """Train the oracle and the default on ``seed`` and score them and every band swap."""
+    oracle, default, config = oracle_and_default(seed, steps, points, root)
     gmm, _ = parse_gmm_spec(GMM)
     plan = [("oracle", "everywhere", oracle), ("default", "everywhere", default)]
     for lo, hi in BANDS:

@@ -40,9 +40,9 @@ from ambient.evaluate.report import Report, command_line
 from ambient.generate import generate
 from ambient.nets import build_denoiser
 from ambient.samplers import Denoiser
-from ambient.train import DatasetLoss, load_run
-from consistency_ablation import GMM, MAIN, gmm_spec, sampler_steps, train_variant
-from consistency_bands import POINTS, SIGMA_N, seed_arguments
+from ambient.train import DatasetLoss
+from consistency_ablation import GMM, gmm_spec, sampler_steps
+from consistency_bands import POINTS, SIGMA_N, oracle_and_default, seed_arguments
 from consistency_exact_teacher import ExactAbove
 from digits_benchmark import mean_sd
 
@@ -106,13 +106,10 @@ def seed_rows(seed: int, steps: int, points: int, draws: int, heun_steps: int,
               root: Path) -> list[dict[str, object]]:
     """Train the three models on ``seed`` and score each."""
     gmm, _ = parse_gmm_spec(GMM)
-    models = {}
-    for key, name in (("oracle", MAIN[0]), ("default", MAIN[3])):
-        train_variant(name, SIGMA_N, steps, root / f"{key}_{seed}", seed=seed, points=points)
-        models[key], config = load_run(root / f"{key}_{seed}")
-    models["default, exact at sigma_n"] = train_exact_at(seed, steps, points,
-                                                         root / f"exact_{seed}")
-    config = {**config, "sigma_n": {"max": SIGMA_N}}
+    oracle, default, config = oracle_and_default(seed, steps, points, root)
+    models = {"oracle": oracle, "default": default,
+              "default, exact at sigma_n": train_exact_at(seed, steps, points,
+                                                          root / f"exact_{seed}")}
     rows = []
     for key, model in models.items():
         rows.append({"model": key, "seed": seed,
