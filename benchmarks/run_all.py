@@ -176,6 +176,8 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "the rows besides the default consistency, three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
       "--methods", "ambient_no_consistency", "ambient_sure"]),
+    ("digits_sure_fit.md", "Diagnostic: why the SURE term at sigma_n hurts the digits (it fits "
+     "the noisy training digits)", ["digits_sure_fit.py"]),
     ("digits_unet_cap1.md", "Digits with a small UNet, paper's ambient weighting (weight cap 1), "
      "three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
@@ -247,6 +249,7 @@ JOBS = [
     ("digits_unet_seeds_345.md", False),
     ("digits_unet_seeds_6789.md", False),
     ("digits_unet_sure.md", False),
+    ("digits_sure_fit.md", False),
     ("digits_unet_sigma_min.md", False),
     ("digits_unet_options.md", False),
     ("digits.md", False),

@@ -121,6 +121,12 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "| own samples + SURE at sigma_n on a quarter of the rows | 0.15 | 1 |" in sure
     digits_sure = (tmp_path / "digits_unet_sure.md").read_text(encoding="utf-8")
     assert "SURE at sigma_n on a quarter of the rows | full" in digits_sure
+    sure_fit = (tmp_path / "digits_sure_fit.md").read_text(encoding="utf-8")
+    for label in ("| ambient, no consistency | 20 |",
+                  "| ambient + consistency (default), SURE at sigma_n on a quarter of the rows | 10 |"):
+        assert label in sure_fit, label
+    assert {p.name for p in (tmp_path / "digits_sure_fit").glob("*.png")} == {
+        "heldout_mse.png", "sure_optimism.png"}
     for page in ("consistency_sigma_min.md", "consistency_sigma_min_budget.md"):
         text = (tmp_path / page).read_text(encoding="utf-8")
         assert "| own samples, ODE to sigma 0.005 instead of 0.002 |" in text, page

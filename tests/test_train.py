@@ -140,6 +140,17 @@ def test_train_then_load_run(tmp_path, vectors):
     assert restored.engine == _config().engine
 
 
+def test_load_run_loads_a_kept_step(tmp_path, vectors):
+    train(_config(), vectors, tmp_path, progress=False)
+    newest, _ = load_run(tmp_path)
+    earlier, config = load_run(tmp_path, step=3)
+    assert config["checkpoint"]["step"] == 3 and config["checkpoint"]["weights"] == "ema"
+    assert params_hash(earlier) != params_hash(newest)
+    assert params_hash(load_run(tmp_path, step=6)[0]) == params_hash(newest)
+    with pytest.raises(AmbientError, match=r"no checkpoint of step 4 \(kept: \[3, 6\]\)"):
+        load_run(tmp_path, step=4)
+
+
 def test_train_resume_matches_uninterrupted(tmp_path, vectors):
     cfg = _config(steps=6)
     cfg.objective = ObjectiveConfig(consistency=ConsistencyConfig(weight=1.0, chain_steps=1))

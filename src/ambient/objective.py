@@ -111,7 +111,8 @@ class ObjectiveConfig:
     sigma_max: float = 80.0  # largest training level
     weight_cap: float = 1.0  # ambient weighting: 1 = paper's; >1 caps the x0-space factor 1/r^2
     # method "ambient": weight of a SURE term at the data level (sure_at_data; 0 = off) and the
-    # share of the noisy rows it is drawn on
+    # share of the noisy rows it is drawn on; only for noisy sets far larger than the network
+    # can memorise (on 1438 digits it fits their noise: benchmarks/results/digits_sure_fit.md)
     sure_weight: float = 0.0
     sure_fraction: float = 0.25
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
@@ -293,7 +294,10 @@ def sure_at_data(denoiser: Denoiser, y: Tensor, sigma_n: Tensor, fraction: float
     ``D(., sigma)`` only above ``s``, with a weight that vanishes as ``sigma -> s``; this term
     trains ``D(., s)`` itself, without bias, from the noisy data alone. That is the level where
     the own-sample draws take their first step (lift 1). Two forward evaluations with a graph
-    per row."""
+    per row. SURE is unbiased only for a denoiser not fitted to the noise it is scored on: a
+    network that can memorise the noisy set learns to game it (on 1438 noisy digits the
+    training SURE goes negative and the true error at ``s`` rises past the noisy input's;
+    ``benchmarks/results/digits_sure_fit.md``)."""
     pick = pick_rows(sigma_n, fraction, 0.0, generator)
     if pick.numel() == 0:
         return None

@@ -205,13 +205,23 @@ def train(cfg: TrainConfig, dataset: NoisyDataset, run_dir: Path, resume: bool =
 # -------------------------------------------------------------------------------- load_run
 
 
-def _load_weights(run_dir: Path, model: nn.Module,
-                  which: Literal["ema", "model"]) -> tuple[ck.Checkpoint, str]:
-    """Load the newest good checkpoint of ``run_dir`` into ``model``'s trainable parameters
-    (EMA or raw weights; raw if the run had no EMA). Returns it and the weights loaded."""
+def _load_weights(run_dir: Path, model: nn.Module, which: Literal["ema", "model"],
+                  step: int | None = None) -> tuple[ck.Checkpoint, str]:
+    """Load the newest good checkpoint of ``run_dir`` (or the one of ``step``) into ``model``'s
+    trainable parameters (EMA or raw weights; raw if the run had no EMA). Returns it and the
+    weights loaded."""
     params = trainable_parameters(model)
     parts = ("model", "ema") if which == "ema" else ("model",)
-    ckpt = ck.load_latest(run_dir, {n: p.shape for n, p in params.items()}, parts)
+    expected = {n: p.shape for n, p in params.items()}
+    if step is None:
+        ckpt = ck.load_latest(run_dir, expected, parts)
+    else:
+        kept = {int(path.name[5:]): path for path in ck.list_checkpoints(run_dir)}
+        if step not in kept:
+            raise AmbientError(f"{run_dir} keeps no checkpoint of step {step} (kept: "
+                               f"{sorted(kept) or 'none'}); fix: pick a kept step, or train with "
+                               "a larger engine.keep_checkpoints")
+        ckpt = ck.load_checkpoint(kept[step], expected, parts)
     if ckpt is None:
         raise AmbientError(f"{run_dir} has no checkpoint yet; fix: train it first (or wait for "
                            "the first checkpoint)")
@@ -227,10 +237,11 @@ def _load_weights(run_dir: Path, model: nn.Module,
     return ckpt, loaded
 
 
-def load_run(run_dir: Path, which: Literal["ema", "model"] = "ema") -> tuple[EDMPrecond,
-                                                                             dict[str, Any]]:
+def load_run(run_dir: Path, which: Literal["ema", "model"] = "ema",
+             step: int | None = None) -> tuple[EDMPrecond, dict[str, Any]]:
     """Rebuild the denoiser of a run from its ``config.json`` and load the newest good
-    checkpoint (``which``: the EMA or the raw weights). Returns the denoiser in eval mode and
+    checkpoint, or the kept checkpoint of ``step`` (``which``: the EMA or the raw weights;
+    :func:`ambient.checkpoint.list_checkpoints` lists them). Returns the denoiser in eval mode and
     the config dict (with ``sample_shape``, ``sigma_n`` min/max/mean, ``sigma_max``,
     ``sigma_data``, and ``checkpoint``: path, step and weights loaded)."""
     if which not in ("ema", "model"):
@@ -243,7 +254,7 @@ def load_run(run_dir: Path, which: Literal["ema", "model"] = "ema") -> tuple[EDM
                                "not a run written by ambient.train (latent runs load with "
                                "ambient.latent)")
     model = _build_model(tuple(config["sample_shape"]), config["net"], config["sigma_data"], 0)
-    ckpt, loaded = _load_weights(run_dir, model, which)
+    ckpt, loaded = _load_weights(run_dir, model, which, step)
     model.eval()
     config["checkpoint"] = {"path": str(ckpt.path), "step": ckpt.step, "weights": loaded}
     return model, config
