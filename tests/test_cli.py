@@ -43,6 +43,12 @@ def test_vectors_train_sample_denoise(tmp_path, vectors, capsys):
                         "--out", str(tmp_path / "d.npy"))
     assert code == 0, err
     assert np.load(tmp_path / "d.npy").shape == (64, 3)
+    code, _, err = _run(capsys, "denoise", str(run), "--input", str(vectors), "--sigma", "0.2",
+                        "--out", str(tmp_path / "d6.npy"), "--step", "6")
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "d6.npy"), np.load(tmp_path / "d.npy"))
+    code, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "u.npy"), "--step", "4")
+    assert code == 2 and "no checkpoint of step 4 (kept: [6])" in err
 
 
 def test_images_per_sample_levels_and_grid(tmp_path, capsys):

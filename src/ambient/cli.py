@@ -119,11 +119,17 @@ def _save_output(x: torch.Tensor, out: str, config: dict[str, Any]) -> None:
     print(msg)
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    from ambient.generate import generate
+def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The run's EMA denoiser from its newest checkpoint, or the kept one of ``--step``."""
     from ambient.train import load_run
 
-    denoiser, config = load_run(Path(args.run_dir))
+    return load_run(Path(args.run_dir), step=args.step)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from ambient.generate import generate
+
+    denoiser, config = _load(args)
     x = generate(denoiser, config, args.num, steps=args.steps, sampler=args.sampler,
                  truncate=args.truncate, seed=args.seed, progress=True)
     _save_output(x, args.out, config)
@@ -132,9 +138,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_denoise(args: argparse.Namespace) -> int:
     from ambient.data import load_array
-    from ambient.train import load_run
 
-    denoiser, config = load_run(Path(args.run_dir))
+    denoiser, config = _load(args)
     x = load_array(args.input)
     if tuple(x.shape[1:]) != tuple(config["sample_shape"]):
         raise AmbientError(f"--input {args.input}: samples have shape {list(x.shape[1:])} but the "
@@ -154,9 +159,8 @@ def cmd_denoise(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ambient.evaluate.runs import evaluate_run, require_reference_compatible
-    from ambient.train import load_run
 
-    denoiser, config = load_run(Path(args.run_dir))
+    denoiser, config = _load(args)
     if config.get("source") != "digits" and not str(config.get("source", "")).startswith("gmm"):
         if args.reference is None:
             raise AmbientError("this run's data have no built-in ground truth; fix: pass "
@@ -230,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
     p.add_argument("run_dir")
+    p.add_argument("--step", type=int, default=None,
+                   help="use the kept checkpoint of this step (default: the newest)")
     p.add_argument("--num", type=_positive_int, default=64)
     p.add_argument("--out", required=True, help="output .npy (a PNG grid is written beside it)")
     p.add_argument("--steps", type=_positive_int, default=32)
@@ -241,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("denoise", help="apply D(x, sigma) to inputs")
     p.add_argument("run_dir")
+    p.add_argument("--step", type=int, default=None,
+                   help="use the kept checkpoint of this step (default: the newest)")
     p.add_argument("--input", required=True, help=".npy/.npz of inputs (N, ...)")
     p.add_argument("--sigma", type=float, required=True, help="the inputs' noise level")
     p.add_argument("--out", required=True)
@@ -248,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics of a run against its data's ground truth")
     p.add_argument("run_dir")
+    p.add_argument("--step", type=int, default=None,
+                   help="use the kept checkpoint of this step (default: the newest)")
     p.add_argument("--num", type=_positive_int, default=1000, help="samples to draw")
     p.add_argument("--steps", type=_positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
