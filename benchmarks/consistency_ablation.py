@@ -115,6 +115,8 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
     "  own samples, paper weighting (cap 1)": ("ambient", False, {}, {"weight_cap": 1.0}),
     "  own samples + SURE at sigma_n on a quarter of the rows": ("ambient", False, {},
                                                                  {"sure_weight": 1.0}),
+    "  own samples, term weight 0.5": ("ambient", False, {"weight": 0.5}, {}),
+    "  own samples, term weight 3": ("ambient", False, {"weight": 3.0}, {}),
     "  own samples, log-uniform levels": ("ambient", False, {"levels": "log-uniform"}, {}),
     "  own samples, log-normal levels": ("ambient", False, {"levels": "log-normal"}, {}),
     "  own samples, mixed levels": ("ambient", False, {"levels": "mixed"}, {}),

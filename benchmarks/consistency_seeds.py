@@ -67,7 +67,9 @@ CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
               "behind for a quarter of the rows",
               "extrapolate-1-share-0.5": "  own samples, extrapolated refit (beta 1), draws "
               "behind for half the rows",
-              "sure": "  own samples + SURE at sigma_n on a quarter of the rows"}
+              "sure": "  own samples + SURE at sigma_n on a quarter of the rows",
+              "weight-0.5": "  own samples, term weight 0.5",
+              "weight-3": "  own samples, term weight 3"}
 # the no-consistency model each candidate's excess ratio is paired with (same ambient
 # weighting: the cap-1 candidates the cap-1 one); a baseline is paired with itself and its
 # ratio cells stay blank

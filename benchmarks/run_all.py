@@ -113,13 +113,13 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "(131072): the own-sample ODE, 6 steps to sigma 0.002 (the default) vs 8, 12 and 24 steps, "
      "vs 6 and 8 steps to 0.005 and 12 steps on half the rows, and the extrapolated refit (beta "
      "1, on the default's rows, on half and on three quarters of them, and with draws behind for "
-     "a quarter or half of the default's rows), and a SURE term at sigma_n besides the default, "
-     "at four times the training budget",
+     "a quarter or half of the default's rows), a SURE term at sigma_n besides the default, and "
+     "the term's weight 0.5 and 3 instead of 1, at four times the training budget",
      ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "8-steps",
       "12-steps", "24-steps", "sigma-min-0.005", "8-steps-sigma-min-0.005",
       "fraction-0.125-12-steps", "extrapolate-1",
       "extrapolate-1-fraction-0.125", "extrapolate-1-fraction-0.1875", "extrapolate-1-share-0.25",
-      "extrapolate-1-share-0.5", "sure",
+      "extrapolate-1-share-0.5", "sure", "weight-0.5", "weight-3",
       "--points", "131072"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),

@@ -35,10 +35,12 @@ OBJECTIVES = {  # the plain objectives, then every option of the consistency abl
     "DSM": ObjectiveConfig(method="dsm"),
     "ambient": ObjectiveConfig(weight_cap=DEFAULT_WEIGHT_CAP),
     "SURE": ObjectiveConfig(method="sure"),
-    # (the weight-cap variants are left out: the cap scales the ambient weights, not the work)
+    # (left out: the weight-cap variants and those that only change the term's weight, which
+    # scale the ambient loss or the term, not the work)
     **{name.strip(): variant_objective(name)
        for name, (method, _, overrides, objective) in VARIANTS.items()
-       if method == "ambient" and overrides is not None and "weight_cap" not in objective},
+       if method == "ambient" and overrides is not None and "weight_cap" not in objective
+       and set(overrides) != {"weight"}},
 }
 DEFAULT = "ambient + consistency (default: own samples)"
 
