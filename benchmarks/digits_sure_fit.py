@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ambient.checkpoint import list_checkpoints
+from ambient.checkpoint import checkpoint_step, list_checkpoints
 from ambient.data import load_digits, resolve_dataset
 from ambient.defaults import defaults_summary
 from ambient.evaluate.plots import plot_lines
@@ -80,12 +80,12 @@ def curve(method: Method, steps: int, root: Path, batch: int | None,
     y, clean, test = data.y[:count], data.clean[:count], load_digits("test")[:count]
     test_noisy = test + SIGMA_N * torch.randn(test.shape, generator=torch.Generator().manual_seed(1))
     rows: list[dict[str, object]] = []
-    for path in reversed(list_checkpoints(run_dir)):
-        denoiser, _ = load_run(run_dir, step=int(path.name[5:]))
+    for step in sorted(map(checkpoint_step, list_checkpoints(run_dir))):
+        denoiser, _ = load_run(run_dir, step=step)
         with torch.no_grad():
             fit = mean_sure(denoiser, y, probes, torch.Generator().manual_seed(2))
             train_mse = mse(denoiser, y, clean)
-            rows.append({"model": method.label, "step": int(path.name[5:]),
+            rows.append({"model": method.label, "step": step,
                          "SURE, training digits": fit, "MSE, training digits": train_mse,
                          "SURE - MSE, training digits": fit - train_mse,
                          "MSE, held-out digits": mse(denoiser, test_noisy, test)})

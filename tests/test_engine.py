@@ -103,7 +103,7 @@ def test_sigterm_writes_final_checkpoint_and_resumes(tmp_path, reference):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "SIGTERM" in err
-    stopped = int(ck.list_checkpoints(tmp_path)[0].name[5:])
+    stopped = ck.checkpoint_step(ck.list_checkpoints(tmp_path)[0])
     assert 10 <= stopped < STEPS
     assert "--resume" in err
     _train(tmp_path, resume=True)

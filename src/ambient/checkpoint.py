@@ -205,6 +205,11 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step of a checkpoint directory named by :func:`checkpoint_name`."""
+    return int(path.name[5:])
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoint directories of a run, newest (highest step) first."""
     root = Path(run_dir) / CHECKPOINTS
@@ -212,7 +217,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")
              and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[5:]), reverse=True)
+    return sorted(found, key=checkpoint_step, reverse=True)
 
 
 def _serialise(tensors: Mapping[str, Tensor], path: Path) -> str:

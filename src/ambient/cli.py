@@ -189,6 +189,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The run a command uses (read by :func:`_load`): its directory and ``--step``."""
+    p.add_argument("run_dir")
+    p.add_argument("--step", type=int, default=None,
+                   help="use the kept checkpoint of this step (default: the newest)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ambient",
@@ -233,9 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
-    p.add_argument("run_dir")
-    p.add_argument("--step", type=int, default=None,
-                   help="use the kept checkpoint of this step (default: the newest)")
+    _add_run_arguments(p)
     p.add_argument("--num", type=_positive_int, default=64)
     p.add_argument("--out", required=True, help="output .npy (a PNG grid is written beside it)")
     p.add_argument("--steps", type=_positive_int, default=32)
@@ -246,18 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("denoise", help="apply D(x, sigma) to inputs")
-    p.add_argument("run_dir")
-    p.add_argument("--step", type=int, default=None,
-                   help="use the kept checkpoint of this step (default: the newest)")
+    _add_run_arguments(p)
     p.add_argument("--input", required=True, help=".npy/.npz of inputs (N, ...)")
     p.add_argument("--sigma", type=float, required=True, help="the inputs' noise level")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_denoise)
 
     p = sub.add_parser("evaluate", help="metrics of a run against its data's ground truth")
-    p.add_argument("run_dir")
-    p.add_argument("--step", type=int, default=None,
-                   help="use the kept checkpoint of this step (default: the newest)")
+    _add_run_arguments(p)
     p.add_argument("--num", type=_positive_int, default=1000, help="samples to draw")
     p.add_argument("--steps", type=_positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)

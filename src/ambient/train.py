@@ -216,7 +216,7 @@ def _load_weights(run_dir: Path, model: nn.Module, which: Literal["ema", "model"
     if step is None:
         ckpt = ck.load_latest(run_dir, expected, parts)
     else:
-        kept = {int(path.name[5:]): path for path in ck.list_checkpoints(run_dir)}
+        kept = {ck.checkpoint_step(path): path for path in ck.list_checkpoints(run_dir)}
         if step not in kept:
             raise AmbientError(f"{run_dir} keeps no checkpoint of step {step} (kept: "
                                f"{sorted(kept) or 'none'}); fix: pick a kept step, or train with "
