@@ -58,6 +58,11 @@ COLUMNS = ["samples", "output", "clamped", "unclamped", "background snapped",
            f"values in {BAND}", "border spread"]
 
 
+def background_share(images: Tensor) -> float:
+    """Share of pixel values in ``BAND``, where noise on the background (-1) lands."""
+    return float(((images > BAND[0]) & (images < BAND[1])).float().mean())
+
+
 def scores(images: Tensor, extract: DigitsFeatures, test_feats: Tensor) -> dict[str, float]:
     """The page's measures of ``images`` [N, 1, 8, 8] (see the module docstring)."""
     flat = images.flatten(1)
@@ -65,7 +70,7 @@ def scores(images: Tensor, extract: DigitsFeatures, test_feats: Tensor) -> dict[
     return {"clamped": frechet_distance(extract(images.clamp(-1, 1)), test_feats),
             "unclamped": frechet_distance(extract(images), test_feats),
             "background snapped": frechet_distance(extract(snapped.view_as(images)), test_feats),
-            f"values in {BAND}": float(((flat > BAND[0]) & (flat < BAND[1])).float().mean()),
+            f"values in {BAND}": background_share(images),
             "border spread": next(iter(pixel_spread(images).values()))}  # first group
 
 

@@ -17,6 +17,15 @@ several probes), the true error ``mean (D(y_i, sigma_n) - x_i)^2`` on those same
 fresh noise (the one-step column of the digits pages). A fitted-noise denoiser shows as
 training SURE falling below its true training error, the held-out error rising with it.
 
+A second table asks whether the fitted noise reaches the consistency term: the default's term
+trains on the model's own ODE draws started at the noisy training digits, where ``D(., sigma_n)``
+is fitted. For each model's last checkpoint it draws them (the default's ODE settings) from the
+training digits and from the same clean digits with fresh noise, and gives the share of the
+noise that ``D(., sigma_n)`` keeps (the regression coefficient of ``D(y) - x`` on ``y - x``), the
+draws' error against the clean digits and their share of values in the background band, where
+leftover noise lands. Fresh noise is what a denoiser that had not fitted the training noise
+would see.
+
     python benchmarks/digits_sure_fit.py   # writes benchmarks/results/digits_sure_fit.md
     python benchmarks/digits_sure_fit.py --quick --out /tmp/sf/digits_sure_fit.md
 """
@@ -36,8 +45,10 @@ from ambient.data import load_digits, resolve_dataset
 from ambient.defaults import defaults_summary
 from ambient.evaluate.plots import plot_lines
 from ambient.evaluate.report import Report, command_line
-from ambient.losses import Denoiser, sure_loss
+from ambient.losses import Denoiser, own_samples, sure_loss
+from ambient.objective import ConsistencyConfig
 from ambient.train import load_run, train
+from digits_background import BAND, background_share
 from digits_benchmark import METHODS, QUICK_BATCH, QUICK_STEPS, STEPS, Method, train_config
 
 SIGMA_N = 0.2
@@ -51,6 +62,8 @@ MODELS = {METHODS["ambient_no_consistency"]: "ambient", SURE_ALONE: "ambient + S
           METHODS["ambient_consistency"]: "default", METHODS["ambient_sure"]: "default + SURE"}
 COLUMNS = ["model", "step", "SURE, training digits", "MSE, training digits",
            "SURE - MSE, training digits", "MSE, held-out digits"]
+DRAW_COLUMNS = ["model", "draws start at", "noise kept by D(., sigma_n)",
+                "draws' MSE to the clean digits", f"draws' values in {BAND}"]
 
 
 def mean_sure(denoiser: Denoiser, y: Tensor, probes: int, generator: torch.Generator) -> float:
@@ -65,10 +78,32 @@ def mse(denoiser: Denoiser, y: Tensor, x0: Tensor) -> float:
     return float((denoiser(y, torch.full((len(y),), SIGMA_N)) - x0).pow(2).mean())
 
 
+def draw_rows(label: str, denoiser: Denoiser, cons: ConsistencyConfig, y: Tensor,
+              clean: Tensor) -> list[dict[str, object]]:
+    """The second table's rows of one model: the own-sample draws (``cons``'s lift, ODE steps and
+    lowest level) from the noisy training digits ``y`` and from ``clean`` with fresh noise."""
+    fresh = clean + SIGMA_N * torch.randn(clean.shape, generator=torch.Generator().manual_seed(5))
+    out: list[dict[str, object]] = []
+    for start_name, start in (("the training digits (fitted noise)", y),
+                              ("the same digits, fresh noise", fresh)):
+        with torch.no_grad():
+            first = denoiser(start, torch.full((len(start),), SIGMA_N))
+            draws = own_samples(denoiser, start, SIGMA_N, cons.lift, cons.substeps,
+                                cons.sigma_min, torch.Generator().manual_seed(3))
+        noise = start - clean
+        out.append({"model": label, "draws start at": start_name,
+                    "noise kept by D(., sigma_n)":
+                        float(((first - clean) * noise).sum() / noise.pow(2).sum()),
+                    "draws' MSE to the clean digits": float((draws - clean).pow(2).mean()),
+                    f"draws' values in {BAND}": background_share(draws)})
+    return out
+
+
 def curve(method: Method, steps: int, root: Path, batch: int | None,
-          scoring: tuple[int, int, int | None]) -> list[dict[str, object]]:
+          scoring: tuple[int, int, int | None]) -> tuple[list[dict[str, object]],
+                                                          list[dict[str, object]]]:
     """Train ``method`` keeping ``scoring``'s checkpoints, then score each one's EMA weights on
-    its digits with its probes (a value of SCORING)."""
+    its digits with its probes (a value of SCORING); and the last one's :func:`draw_rows`."""
     checkpoints, probes, count = scoring
     cfg = train_config(method, steps, SIGMA_N, "unet", 0, batch)
     every = max(1, steps // checkpoints)
@@ -90,7 +125,7 @@ def curve(method: Method, steps: int, root: Path, batch: int | None,
                          "SURE - MSE, training digits": fit - train_mse,
                          "MSE, held-out digits": mse(denoiser, test_noisy, test)})
         print(rows[-1], flush=True)
-    return rows
+    return rows, draw_rows(method.label, denoiser, cfg.objective.consistency, y, clean)
 
 
 def plots(rows: list[dict[str, object]], folder: Path) -> list[Path]:
@@ -115,13 +150,18 @@ def main(argv: list[str] | None = None) -> Path:
     scoring = SCORING["quick" if args.quick else "full"]
     report = Report("Why the SURE term at sigma_n hurts the digits")
     report.text(f"Rerun: `{command_line('benchmarks/digits_sure_fit.py', argv)}`. "
-                + " ".join(__doc__.split("\n\n")[1:3]) + f" {steps} steps"
+                + " ".join(__doc__.split("\n\n")[1:4]) + f" {steps} steps"
                 f"{f' of batch {batch}' if batch else ''}; {scoring[1]} probes per SURE figure"
                 f"{f'; the first {scoring[2]} digits of each set' if scoring[2] else ''}; every "
                 "figure is per pixel. " + defaults_summary())
     with tempfile.TemporaryDirectory() as root:
-        rows = [row for method in MODELS for row in curve(method, steps, Path(root), batch, scoring)]
+        curves = [curve(method, steps, Path(root), batch, scoring) for method in MODELS]
+    rows = [row for fit, _ in curves for row in fit]
     report.table(rows, COLUMNS)
+    report.text("The own-sample draws (the default consistency's targets) of each model's last "
+                "checkpoint, from the noisy training digits and from the same digits with fresh "
+                "noise (see above):")
+    report.table([row for _, draws in curves for row in draws], DRAW_COLUMNS)
     for path in plots(rows, args.out.with_suffix("")):
         report.image(path, path.stem.replace("_", " "))
     return report.write(args.out, html=False)

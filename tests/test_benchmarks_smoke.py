@@ -125,6 +125,8 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     for label in ("| ambient, no consistency | 20 |",
                   "| ambient + consistency (default), SURE at sigma_n on a quarter of the rows | 10 |"):
         assert label in sure_fit, label
+    for start in ("the training digits (fitted noise)", "the same digits, fresh noise"):
+        assert f"| ambient + consistency (default) | {start} |" in sure_fit, start
     assert {p.name for p in (tmp_path / "digits_sure_fit").glob("*.png")} == {
         "heldout_mse.png", "sure_optimism.png"}
     for page in ("consistency_sigma_min.md", "consistency_sigma_min_budget.md"):
