@@ -28,9 +28,11 @@ def vectors(tmp_path):
 def test_vectors_train_sample_denoise(tmp_path, vectors, capsys):
     run = tmp_path / "run"
     code, _, err = _run(capsys, "train", "--data", str(vectors), "--sigma-n", "0.2",
-                        "--out", str(run), "--net", "mlp", "--no-cuda-graphs", *TINY)
+                        "--out", str(run), "--net", "mlp", "--no-cuda-graphs", "--cooldown",
+                        "0.5", *TINY)
     assert code == 0, err
-    assert json.loads((run / "config.json").read_text())["engine"]["cuda_graphs"] is False
+    engine = json.loads((run / "config.json").read_text())["engine"]
+    assert engine["cuda_graphs"] is False and engine["cooldown"] == 0.5
     code, _, err = _run(capsys, "sample", str(run), "--num", "10", "--out", str(tmp_path / "s.npy"),
                         "--steps", "4")
     assert code == 0, err
@@ -95,6 +97,7 @@ def test_corrupt_builtin_warm_start_and_evaluate(tmp_path, capsys):
     (["--data", "{vectors}", "--sigma-n", "-0.1"], "sigma"),
     (["--data", "{nan}", "--sigma-n", "0.1"], "NaN"),
     (["--data", "{flat}", "--sigma-n", "0.1"], "one axis"),
+    (["--data", "{vectors}", "--sigma-n", "0.1", "--cooldown", "1"], "engine.cooldown"),
 ])
 def test_clear_errors_without_traceback(tmp_path, vectors, capsys, args, needle):
     nan = tmp_path / "nan.npy"

@@ -23,7 +23,13 @@ from torch import nn
 
 from _two_process_worker import tiny_config, tiny_problem
 from ambient import checkpoint as ck
-from ambient.engine import BatchSchedule, EngineConfig, TrainingInterrupted, run_training
+from ambient.engine import (
+    BatchSchedule,
+    EngineConfig,
+    TrainingInterrupted,
+    learning_rate,
+    run_training,
+)
 from ambient.errors import AmbientError
 
 WORKER = Path(__file__).with_name("_two_process_worker.py")
@@ -333,8 +339,33 @@ def test_batch_schedule_covers_each_epoch_and_is_stateless():
 def test_config_validation():
     with pytest.raises(AmbientError, match=r"engine\.batch_size"):
         EngineConfig(batch_size=0).validate()
+    with pytest.raises(AmbientError, match=r"engine\.cooldown must be in \[0, 1\)"):
+        EngineConfig(cooldown=1.0).validate()
     with pytest.raises(AmbientError, match=r"engine\.mixed_precision"):
         EngineConfig(mixed_precision="fp8").validate()  # type: ignore[arg-type]
+
+
+def test_learning_rate_warms_up_then_cools_down_linearly():
+    cfg = EngineConfig(steps=100, lr=1.0, warmup_steps=10, cooldown=0.2)
+    rates = [learning_rate(cfg, k) for k in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert rates[10:81] == [1.0] * 71  # constant until the last 20 steps
+    assert rates[81:] == pytest.approx([(100 - k) / 20 for k in range(81, 100)])
+    assert rates[99] == pytest.approx(0.05)
+    assert learning_rate(EngineConfig(steps=100, lr=1.0, warmup_steps=0), 99) == 1.0
+    # overlapping ramps: the lesser applies
+    short = EngineConfig(steps=10, lr=1.0, warmup_steps=10, cooldown=0.5)
+    assert [learning_rate(short, k) for k in (0, 5, 6, 7, 9)] == pytest.approx(
+        [0.1, 0.6, 0.7, 0.6, 0.2])
+
+
+def test_cooldown_reaches_the_optimiser(tmp_path, reference):
+    _train(tmp_path, cooldown=0.5)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").open()]
+    assert lrs[-1] == pytest.approx(1e-2 / 20)  # the last step's LR: lr / (0.5 * 40)
+    assert lrs[-2] > lrs[-1]
+    final = _final(tmp_path)
+    assert not torch.equal(final["model:0.bias"], reference["model:0.bias"])
 
 
 def test_precision_can_change_within_a_process(tmp_path):

@@ -67,7 +67,7 @@ def build_train_config(args: argparse.Namespace) -> Any:
     flags: dict[str, Any] = {"engine": {}, "objective": {"consistency": {}}, "net": {}}
     for flag, (section, key) in {
         "steps": ("engine", "steps"), "batch_size": ("engine", "batch_size"),
-        "lr": ("engine", "lr"), "seed": ("engine", "seed"),
+        "lr": ("engine", "lr"), "cooldown": ("engine", "cooldown"), "seed": ("engine", "seed"),
         "mixed_precision": ("engine", "mixed_precision"),
         "checkpoint_every": ("engine", "checkpoint_every"),
         "sample_every": ("engine", "sample_every"), "method": ("objective", "method"),
@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None)
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--cooldown", type=float, default=None,
+                   help="share of the last steps over which the learning rate falls linearly "
+                        "to 0 (default 0: constant after the warm-up)")
     p.add_argument("--seed", type=int, default=None, help="training seed")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the one-time corruption")
     p.add_argument("--net", choices=["auto", "mlp", "unet"], default=None)

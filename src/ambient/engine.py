@@ -72,6 +72,7 @@ class EngineConfig:
     batch_size: int = 128  # global batch, split evenly over processes
     lr: float = 1e-3  # Adam learning rate after warm-up
     warmup_steps: int = 100  # linear LR warm-up from lr/warmup_steps to lr
+    cooldown: float = 0.0  # share of the last steps over which the LR falls linearly to 0; 0 = off
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     ema_halflife_steps: float = 250.0  # EMA decay 0.5 ** (1 / half-life); 0 disables EMA
     ema_rampup: float = 0.1  # early on the half-life is min(half-life, ema_rampup * step); 0 = off
@@ -99,6 +100,9 @@ class EngineConfig:
                 raise AmbientError(f"engine.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise AmbientError(f"engine.lr must be > 0, got {self.lr}")
+        if not 0 <= self.cooldown < 1:
+            raise AmbientError(f"engine.cooldown must be in [0, 1) (the share of the steps at "
+                               f"the end over which the LR falls to 0), got {self.cooldown}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise AmbientError(f"engine.mixed_precision must be 'no', 'fp16' or 'bf16', got "
                                f"{self.mixed_precision!r}")
@@ -151,10 +155,19 @@ class BatchSchedule:
 
 
 def learning_rate(cfg: EngineConfig, step: int) -> float:
-    """Linear warm-up over ``warmup_steps`` (step 0 uses lr / warmup_steps), then constant."""
+    """The LR of step ``step`` (0-based) of ``n = steps``, the lesser of two linear ramps:
+
+        warm-up    lr * (step + 1) / warmup_steps                (while step < warmup_steps)
+        cool-down  lr * (n - step) / (cooldown * n)              (once n - step < cooldown * n)
+
+    and ``lr`` between them. The last step of a cool-down uses ``lr / (cooldown * n)``."""
+    rate = cfg.lr
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    return cfg.lr
+        rate = min(rate, cfg.lr * (step + 1) / cfg.warmup_steps)
+    tail = cfg.cooldown * cfg.steps
+    if tail > 0 and cfg.steps - step < tail:
+        rate = min(rate, cfg.lr * (cfg.steps - step) / tail)
+    return rate
 
 
 # --------------------------------------------------------------------------------- EMA
