@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from ambient.defaults import default_train_config
+
+    base, gmm, digits = (default_train_config(d).engine for d in ("", "gmm", "digits"))
     p = sub.add_parser("train", help="train a model on noisy (or clean) data")
     p.add_argument("--data", required=True,
                    help="a .npy/.npz array (N, D) or (N, C, H, W), a folder of images, or a "
@@ -222,20 +225,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the consistency loss (0 = ambient without consistency)")
     p.add_argument("--init-from", default=None,
                    help="warm start: initialise the weights from another run directory")
-    p.add_argument("--steps", type=_positive_int, default=None)
-    p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help=f"optimiser steps in total (default {base.steps}; digits {digits.steps})")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help=f"global batch, split over processes (default {base.batch_size}; gmm "
+                        f"{gmm.batch_size})")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"Adam learning rate after a {base.warmup_steps}-step warm-up (default "
+                        f"{base.lr:g}; gmm {gmm.lr:g})")
     p.add_argument("--cooldown", type=float, default=None,
                    help="share of the last steps over which the learning rate falls linearly "
                         "to 0 (default 0: constant after the warm-up)")
     p.add_argument("--seed", type=int, default=None, help="training seed")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the one-time corruption")
-    p.add_argument("--net", choices=["auto", "mlp", "unet"], default=None)
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None)
+    p.add_argument("--net", choices=["auto", "mlp", "unet"], default=None,
+                   help="denoiser network (default auto: a UNet for images, an MLP for "
+                        "vectors; the digits default is an MLP)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="autocast precision of the forward passes (default no)")
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="on a GPU, run the consistency draws without CUDA graphs (slower)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=None)
-    p.add_argument("--sample-every", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None,
+                   help=f"steps between checkpoints (default {base.checkpoint_every}; one is "
+                        "always written at the end and on a signal)")
+    p.add_argument("--sample-every", type=int, default=None,
+                   help=f"steps between sample grids in the run directory (default "
+                        f"{base.sample_every}: none; digits {digits.sample_every})")
     p.add_argument("--on-bad", choices=["skip", "error"], default="skip",
                    help="unreadable files in an image folder: skip them (counted) or stop")
     p.add_argument("--config", default=None, help="YAML/JSON file of engine/objective/net settings")
