@@ -196,6 +196,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="use the kept checkpoint of this step (default: the newest)")
 
 
+SAMPLER_STEPS_HELP = ("noise levels of the sampler's EDM schedule, sigma_max to 0 (default 32; "
+                      "heun calls the network about twice per level)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ambient",
@@ -259,27 +263,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
     _add_run_arguments(p)
-    p.add_argument("--num", type=_positive_int, default=64)
+    p.add_argument("--num", type=_positive_int, default=64, help="samples to draw (default 64)")
     p.add_argument("--out", required=True, help="output .npy (a PNG grid is written beside it)")
-    p.add_argument("--steps", type=_positive_int, default=32)
-    p.add_argument("--sampler", choices=typing.get_args(SamplerName), default="heun")
+    p.add_argument("--steps", type=_positive_int, default=32, help=SAMPLER_STEPS_HELP)
+    p.add_argument("--sampler", choices=typing.get_args(SamplerName), default="heun",
+                   help="ODE solver: heun (default; 2nd order, two calls per level), euler, "
+                        "ddim or multistep (2nd order); the last three call once per level")
     p.add_argument("--truncate", action="store_true",
                    help="stop at the data's noise level and output D(x, sigma_n)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("denoise", help="apply D(x, sigma) to inputs")
     _add_run_arguments(p)
     p.add_argument("--input", required=True, help=".npy/.npz of inputs (N, ...)")
     p.add_argument("--sigma", type=float, required=True, help="the inputs' noise level")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output .npy of the denoised inputs")
     p.set_defaults(func=cmd_denoise)
 
     p = sub.add_parser("evaluate", help="metrics of a run against its data's ground truth")
     _add_run_arguments(p)
-    p.add_argument("--num", type=_positive_int, default=1000, help="samples to draw")
-    p.add_argument("--steps", type=_positive_int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num", type=_positive_int, default=1000,
+                   help="samples to draw (default 1000)")
+    p.add_argument("--steps", type=_positive_int, default=32, help=SAMPLER_STEPS_HELP)
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
     p.add_argument("--features", default="digits",
                    help="digits, pixels, dinov2:DIR or torchscript:FILE (Frechet distance)")
     p.add_argument("--reference", default=None, help="clean reference images (folder or .npy)")
@@ -287,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="noisy digits -> two models -> report (about 5 min on CPU)")
-    p.add_argument("--out", default="demo_out")
+    p.add_argument("--out", default="demo_out", help="report folder (default demo_out)")
     p.add_argument("--quick", action="store_true", help="a 1-minute smoke version")
     p.set_defaults(func=cmd_demo)
 
