@@ -44,7 +44,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--consistency-weight", type=float,
                    help="weight of the consistency loss (default 0.01 for t_n <= 500, else 1e-4; "
                         "0 disables it)")
-    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="bf16")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="bf16",
+                   help="autocast precision (default bf16, as the paper's 16-bit training)")
     p.add_argument("--resolution", type=int, default=1024, help="square training resolution")
     p.add_argument("--gradient-checkpointing", action="store_true", help="save GPU memory")
     p.add_argument("--no-cuda-graphs", action="store_true",
@@ -65,13 +66,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num", type=int, default=4, help="images per prompt")
     p.add_argument("--steps", type=int, default=25, help="sampling steps")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
-    p.add_argument("--sampler", choices=typing.get_args(SamplerName), default="ddim")
+    p.add_argument("--sampler", choices=typing.get_args(SamplerName), default="ddim",
+                   help="ODE solver (default ddim)")
     p.add_argument("--truncate", action="store_true",
                    help="truncated sampling at the run's t_n (or --t-n): output D(x, t_n)")
     p.add_argument("--t-n", type=int, help="timestep for --truncate (default: the run's t_n)")
     p.add_argument("--resolution", type=int, default=1024, help="image side in pixels")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     p.add_argument("--out", required=True, help="folder for the PNG files")
     p.set_defaults(func=_sample)
 
@@ -87,7 +89,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                         "torchscript:FILE or pixels")
     p.add_argument("--t-start", type=int, default=900, help="timestep of the noised latents")
     p.add_argument("--steps", type=int, default=25, help="sampling steps")
-    p.add_argument("--sampler", choices=typing.get_args(SamplerName), default="ddim")
+    p.add_argument("--sampler", choices=typing.get_args(SamplerName), default="ddim",
+                   help="ODE solver (default ddim)")
     p.add_argument("--mask-fraction", type=float,
                    help="masked variant: hide a centred box of this fraction of the side and "
                         "fill it in from pure noise (--t-start and --sampler apply to the noise "
