@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from ambient.cli import main
+from ambient.errors import AmbientError
+from ambient.evaluate.runs import default_features
 
 TINY = ["--steps", "6", "--batch-size", "16", "--checkpoint-every", "6"]
 
@@ -51,6 +53,20 @@ def test_vectors_train_sample_denoise(tmp_path, vectors, capsys):
     np.testing.assert_array_equal(np.load(tmp_path / "d6.npy"), np.load(tmp_path / "d.npy"))
     code, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "u.npy"), "--step", "4")
     assert code == 2 and "no checkpoint of step 4 (kept: [6])" in err
+    # user data: scored against a reference array, the coordinates as features (no clamping)
+    code, out, err = _run(capsys, "evaluate", str(run), "--reference", str(vectors), "--num",
+                          "50", "--steps", "3")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert set(metrics["samples"]) == {"full", "truncated"}
+    assert set(metrics["samples"]["full"]) == {"frechet"}
+    assert len(metrics["denoising_mse"]) == 5
+    code, _, err = _run(capsys, "evaluate", str(run), "--num", "50")
+    assert code == 2 and "--reference" in err
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((8, 4), dtype=np.float32))
+    code, _, err = _run(capsys, "evaluate", str(run), "--reference", str(wrong), "--num", "50")
+    assert code == 2 and "wrong.npy" in err and "shape [4]" in err
 
 
 def test_images_per_sample_levels_and_grid(tmp_path, capsys):
@@ -68,6 +84,16 @@ def test_images_per_sample_levels_and_grid(tmp_path, capsys):
     assert code == 0, err
     assert np.load(tmp_path / "s.npy").shape == (4, 1, 8, 8)
     assert (tmp_path / "s.png").is_file()
+    code, out, err = _run(capsys, "evaluate", str(run), "--reference", str(data), "--num", "40",
+                          "--steps", "3")  # 8x8 images: the digits features by default
+    assert code == 0, err
+    assert set(json.loads(out)["samples"]["full"]) == {"frechet", "frechet_unclamped"}
+
+
+def test_other_images_need_a_choice_of_features():
+    with pytest.raises(AmbientError, match="--features dinov2:DIR"):
+        default_features({"sample_shape": [3, 16, 16]})
+    assert default_features({"sample_shape": [5]}) == "pixels"
 
 
 def test_corrupt_builtin_warm_start_and_evaluate(tmp_path, capsys):

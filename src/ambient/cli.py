@@ -158,16 +158,22 @@ def cmd_denoise(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ambient.evaluate.runs import evaluate_run, require_reference_compatible
+    from ambient.evaluate.runs import (
+        default_features,
+        evaluate_run,
+        require_reference_compatible,
+    )
 
     denoiser, config = _load(args)
+    features = args.features
     if config.get("source") != "digits" and not str(config.get("source", "")).startswith("gmm"):
         if args.reference is None:
             raise AmbientError("this run's data have no built-in ground truth; fix: pass "
-                               "--reference (clean images: a folder or .npy) and --features")
-        require_reference_compatible(config, args.features)
+                               "--reference (clean data: an image folder or an array file)")
+        features = features or default_features(config)
+        require_reference_compatible(config, features)
     metrics = evaluate_run(denoiser, config, num=args.num, steps=args.steps, seed=args.seed,
-                           features=args.features, reference=args.reference)
+                           features=features or "digits", reference=args.reference)
     result = {"samples": metrics.samples,
               "excess_denoising_error": {str(k): v for k, v in metrics.excess.items()},
               "denoising_mse": {str(k): v for k, v in metrics.denoising.items()}}
@@ -287,9 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples to draw (default 1000)")
     p.add_argument("--steps", type=_positive_int, default=32, help=SAMPLER_STEPS_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
-    p.add_argument("--features", default="digits",
-                   help="digits, pixels, dinov2:DIR or torchscript:FILE (Frechet distance)")
-    p.add_argument("--reference", default=None, help="clean reference images (folder or .npy)")
+    p.add_argument("--features", default=None,
+                   help="features of the Frechet distance: digits, pixels, dinov2:DIR or "
+                        "torchscript:FILE (default: digits for 8x8 images, pixels, the "
+                        "coordinates, for vectors; other images need a choice)")
+    p.add_argument("--reference", default=None,
+                   help="clean reference data for a run without built-in ground truth: an image "
+                        "folder or an array file (.npy/.npz) of the training data's shape")
     p.add_argument("--out", default=None, help="also write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate)
 

@@ -6,7 +6,7 @@
   Shipped weights: ``ambient/assets/digits_features.safetensors``, rebuilt with
   ``python -c "from ambient.evaluate.features import build_digits_features_weights as b;
   b('src/ambient/assets/digits_features.safetensors')"``.
-- ``pixels``: the flattened pixels.
+- ``pixels``: the flattened pixels (vectors ``[N, D]`` as they are).
 - ``dinov2:DIR``: a local DINOv2 checkpoint (transformers layout), CLS token features.
 - ``torchscript:FILE``: a local TorchScript network, e.g. the Inception of FID.
 
@@ -200,12 +200,15 @@ class DigitsFeatures:
 
 
 class PixelFeatures:
-    """The flattened pixels ``[N, C*H*W]``."""
+    """The flattened samples: pixels ``[N, C*H*W]`` of images, or vectors ``[N, D]`` as they are
+    (so ``pixels`` also scores runs on vector data against a reference array)."""
 
     name = "pixels"
 
     def __call__(self, images: Tensor) -> Tensor:
-        _check_images(images, "pixel features")
+        if images.ndim not in (2, 4) or len(images) == 0:
+            raise AmbientError(f"pixel features expect a non-empty batch of vectors [N, D] or "
+                               f"images [N, C, H, W], got shape {list(images.shape)}")
         return images.detach().reshape(len(images), -1).float().cpu()
 
 

@@ -6,7 +6,8 @@
 * The built-in digits: Frechet distance (digits features) of full / truncated samples to the
   held-out clean digits, and the one-step denoising table on them.
 * Anything else: Frechet distance to a reference set the user gives (``reference``), with the
-  chosen feature extractor.
+  chosen feature extractor (:func:`default_features` when none is chosen), and the one-step
+  denoising table on it when its samples have the run's shape.
 """
 
 from __future__ import annotations
@@ -95,15 +96,36 @@ def evaluate_run(
         ref = load_reference(reference)
     else:
         return metrics
+    shape = tuple(config["sample_shape"])
+    if features == "pixels" and tuple(ref.shape[1:]) != shape:
+        raise AmbientError(f"the reference {reference} holds samples of shape "
+                           f"{list(ref.shape[1:])}, but this run's have shape {list(shape)}; fix: "
+                           "pass a reference of the training data's shape")
     extract = get_extractor(features)
     ref_feats = extract(ref)
     for mode, drawn in metrics.drawn.items():
+        if len(shape) == 1:  # vectors: no pixel range to clamp to
+            metrics.samples[mode] = {"frechet": frechet_distance(extract(drawn), ref_feats)}
+            continue
         metrics.samples[mode] = {  # clamped: as saved images show them; unclamped: as drawn
             "frechet": frechet_distance(extract(drawn.clamp(-1, 1)), ref_feats),
             "frechet_unclamped": frechet_distance(extract(drawn), ref_feats)}
-    if ref.ndim == 4 and tuple(ref.shape[1:]) == tuple(config["sample_shape"]):
+    if tuple(ref.shape[1:]) == shape:
         metrics.denoising = denoising_table(denoiser, ref, DENOISING_LEVELS, seed=seed)
     return metrics
+
+
+def default_features(config: dict[str, Any]) -> str:
+    """The feature extractor used when none is chosen: ``digits`` for 8x8 single-channel images,
+    ``pixels`` (the coordinates themselves) for vectors; other images need a choice."""
+    shape = tuple(config["sample_shape"])
+    if shape == (1, 8, 8):
+        return "digits"
+    if len(shape) == 1:
+        return "pixels"
+    raise AmbientError(f"this run's samples are images of shape {list(shape)}: choose the "
+                       "features of the Frechet distance; fix: pass --features dinov2:DIR (a local "
+                       "DINOv2), torchscript:FILE (e.g. the Inception of FID) or pixels")
 
 
 def require_reference_compatible(config: dict[str, Any], features: str) -> None:
