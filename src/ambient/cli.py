@@ -173,7 +173,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         features = features or default_features(config)
         require_reference_compatible(config, features)
     metrics = evaluate_run(denoiser, config, num=args.num, steps=args.steps, seed=args.seed,
-                           features=features or "digits", reference=args.reference)
+                           features=features or "digits", reference=args.reference,
+                           progress=True)
     result = {"samples": metrics.samples,
               "excess_denoising_error": {str(k): v for k, v in metrics.excess.items()},
               "denoising_mse": {str(k): v for k, v in metrics.denoising.items()}}

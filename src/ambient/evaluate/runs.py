@@ -63,16 +63,18 @@ def evaluate_run(
     features: str = "digits",
     reference: str | None = None,
     modes: tuple[str, ...] = ("full", "truncated"),
+    progress: bool = False,
 ) -> RunMetrics:
     """Metrics of a run (see module docstring). ``modes``: "full" and/or "truncated" sampling
-    (truncated only when the run's data were noisy)."""
+    (truncated only when the run's data were noisy); ``progress``: a progress bar per batch of
+    samples."""
     source = str(config.get("source", ""))
     noisy = float(config["sigma_n"]["max"]) > 0
     modes = tuple(m for m in modes if m == "full" or noisy)
     metrics = RunMetrics()
     for mode in modes:
         metrics.drawn[mode] = generate(denoiser, config, num, steps=steps, seed=seed,
-                                       truncate=mode == "truncated")
+                                       truncate=mode == "truncated", progress=progress)
     if source.startswith("gmm"):
         gmm, _ = parse_gmm_spec(source)
         g = torch.Generator().manual_seed(seed + 1)
