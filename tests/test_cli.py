@@ -40,6 +40,7 @@ def test_vectors_train_sample_denoise(tmp_path, vectors, capsys):
     assert code == 0, err
     samples = np.load(tmp_path / "s.npy")
     assert samples.shape == (10, 3) and np.isfinite(samples).all()
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"  # a scatter of the vectors
     code, _, err = _run(capsys, "sample", str(run), "--num", "5", "--out", str(tmp_path / "t.npy"),
                         "--steps", "4", "--truncate", "--sampler", "euler")
     assert code == 0, err

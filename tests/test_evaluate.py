@@ -39,6 +39,7 @@ from ambient.evaluate import (
     plot_bars,
     plot_excess_error,
     plot_nearest_pairs,
+    plot_points,
     plot_similarity_histograms,
     posterior_memorization,
     sliced_wasserstein,
@@ -405,6 +406,8 @@ def test_plots_and_report(tmp_path):
         plot_nearest_pairs(load_digits("test")[:6], load_digits("train")[:10],
                            torch.arange(6), tmp_path / "pairs.png", sims=torch.rand(6), num=5),
         plot_bars({"naive": 3.0, "ambient": 1.0}, tmp_path / "bars.png", ylabel="FD"),
+        plot_points(torch.randn(200, 3), tmp_path / "scatter.png"),
+        plot_points(torch.randn(200, 1), tmp_path / "histogram.png", title="one coordinate"),
     ]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -421,7 +424,7 @@ def test_plots_and_report(tmp_path):
     assert text.startswith("# Evaluation | test\n")
     assert "| sigma | factor | side | excess |" in text and "| a\\|b | 1.235 |" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(links) == 4 and all(not link.startswith("/") for link in links)
+    assert len(links) == len(paths) and all(not link.startswith("/") for link in links)
     assert all((md.parent / link).is_file() for link in links)
     page = (tmp_path / "out" / "report.html").read_text()
     srcs = re.findall(r'<img src="([^"]+)"', page)

@@ -107,15 +107,19 @@ def _save_output(x: torch.Tensor, out: str, config: dict[str, Any]) -> None:
     path = Path(out)
     if path.suffix != ".npy":
         raise AmbientError(f"--out {out}: the output is written as a .npy array; fix: name it "
-                           "e.g. samples.npy (a PNG grid is written beside it for images)")
+                           "e.g. samples.npy (a PNG is written beside it: a grid of images, or a "
+                           "scatter of vectors)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npy")
     np.save(tmp, x.numpy())
     tmp.replace(path)
     msg = f"wrote {path} {list(x.shape)}"
     if len(config["sample_shape"]) == 3:
-        grid = save_grid(x[:256], path.with_suffix(".png"))
-        msg += f" and {grid}"
+        msg += f" and {save_grid(x[:256], path.with_suffix('.png'))}"
+    elif len(config["sample_shape"]) == 1:
+        from ambient.evaluate.plots import plot_points
+
+        msg += f" and {plot_points(x, path.with_suffix('.png'), f'{len(x)} rows of {path.name}')}"
     print(msg)
 
 
@@ -271,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples from a trained run")
     _add_run_arguments(p)
     p.add_argument("--num", type=_positive_int, default=64, help="samples to draw (default 64)")
-    p.add_argument("--out", required=True, help="output .npy (a PNG grid is written beside it)")
+    p.add_argument("--out", required=True,
+                   help="output .npy (a PNG beside it: a grid of images, a scatter of vectors)")
     p.add_argument("--steps", type=_positive_int, default=32, help=SAMPLER_STEPS_HELP)
     p.add_argument("--sampler", choices=typing.get_args(SamplerName), default="heun",
                    help="ODE solver: heun (default; 2nd order, two calls per level), euler, "

@@ -37,6 +37,7 @@ from ambient.evaluate.plots import (
     plot_excess_error,
     plot_lines,
     plot_nearest_pairs,
+    plot_points,
     plot_similarity_histograms,
 )
 from ambient.evaluate.report import Report
@@ -70,6 +71,7 @@ __all__ = [
     "plot_excess_error",
     "plot_lines",
     "plot_nearest_pairs",
+    "plot_points",
     "plot_similarity_histograms",
     "posterior_memorization",
     "sliced_wasserstein",

@@ -51,6 +51,28 @@ def plot_lines(
     return _save(fig, path)
 
 
+def plot_points(x: Tensor, path: str | Path, title: str | None = None) -> Path:
+    """Vectors ``[N, D]`` at a glance: a scatter of coordinates 0 and 1 (D >= 2; the axes name
+    them, and the title says when there are more), or a histogram (D = 1)."""
+    values = x.detach().reshape(len(x), -1).double().cpu().numpy()
+    dim = values.shape[1]
+    fig = Figure(figsize=(5, 5) if dim >= 2 else (6, 4))
+    ax = fig.subplots()
+    if dim >= 2:
+        ax.scatter(values[:, 0], values[:, 1], s=4, alpha=0.5, linewidths=0)
+        ax.set_xlabel("x[0]")
+        ax.set_ylabel("x[1]")
+        ax.set_aspect("equal", adjustable="datalim")
+    else:
+        ax.hist(values[:, 0], bins=min(100, max(10, len(values) // 20)))
+        ax.set_xlabel("x[0]")
+        ax.set_ylabel("count")
+    suffix = f" (coordinates 0 and 1 of {dim})" if dim > 2 else ""
+    ax.set_title(f"{title or f'{len(values)} samples'}{suffix}")
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
 def plot_excess_error(
     curves: Mapping[str, Mapping[float, float]],
     path: str | Path,
