@@ -143,6 +143,8 @@ def test_clear_errors_without_traceback(tmp_path, vectors, capsys, args, needle)
 def test_sample_errors_name_the_problem(tmp_path, capsys):
     code, _, err = _run(capsys, "sample", str(tmp_path / "nope"), "--out", str(tmp_path / "s.npy"))
     assert code == 2 and "nope" in err
+    code, _, err = _run(capsys, "sample", str(tmp_path / "nope"), "--out", "s.txt")
+    assert code == 2 and "--out s.txt" in err and ".npy array" in err  # checked before any work
     config_file = tmp_path / "bad.yaml"
     config_file.write_text("engine: {stepz: 3}\n")
     code, _, err = _run(capsys, "train", "--data", "gmm:n=64", "--sigma-n", "0.3", "--out",

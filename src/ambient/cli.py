@@ -101,14 +101,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- sample / denoise
 
 
-def _save_output(x: torch.Tensor, out: str, config: dict[str, Any]) -> None:
-    from ambient.images import save_grid
-
+def _output_path(out: str) -> Path:
+    """``--out`` of sample and denoise, checked before any work is done."""
     path = Path(out)
     if path.suffix != ".npy":
         raise AmbientError(f"--out {out}: the output is written as a .npy array; fix: name it "
                            "e.g. samples.npy (a PNG is written beside it: a grid of images, or a "
                            "scatter of vectors)")
+    return path
+
+
+def _save_output(x: torch.Tensor, path: Path, config: dict[str, Any]) -> None:
+    from ambient.images import save_grid
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npy")
     np.save(tmp, x.numpy())
@@ -133,16 +138,18 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 def cmd_sample(args: argparse.Namespace) -> int:
     from ambient.generate import generate
 
+    path = _output_path(args.out)
     denoiser, config = _load(args)
     x = generate(denoiser, config, args.num, steps=args.steps, sampler=args.sampler,
                  truncate=args.truncate, seed=args.seed, progress=True)
-    _save_output(x, args.out, config)
+    _save_output(x, path, config)
     return 0
 
 
 def cmd_denoise(args: argparse.Namespace) -> int:
     from ambient.data import load_array
 
+    path = _output_path(args.out)
     denoiser, config = _load(args)
     x = load_array(args.input)
     if tuple(x.shape[1:]) != tuple(config["sample_shape"]):
@@ -154,7 +161,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
                            "levels the model was trained on")
     with torch.no_grad():
         out = torch.cat([denoiser(b, torch.full((len(b),), args.sigma)) for b in x.split(1024)])
-    _save_output(out, args.out, config)
+    _save_output(out, path, config)
     return 0
 
 
