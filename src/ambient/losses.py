@@ -386,10 +386,11 @@ def own_sample_loss(
         z = torch.randn(draws.shape, generator=generator, device=y.device, dtype=y.dtype)
         return draws + bcast(levels, draws) * z
 
-    kept = None if memory is None else memory.draws  # memory.levels is set with it
-    if kept is not None and kept.shape[1:] == y.shape[1:] and kept.device == y.device:
+    kept, kept_s = (None, None) if memory is None else (memory.draws, memory.levels)
+    if (kept is not None and kept_s is not None and kept.shape[1:] == y.shape[1:]
+            and kept.device == y.device):
         take = torch.arange(n, device=y.device) % len(kept)
-        x0, x0_s = kept[take], memory.levels[take]
+        x0, x0_s = kept[take], kept_s[take]
         both = own_samples(denoiser, torch.cat([y, renoised(x0[:m], x0_s[:m])]),
                            torch.cat([s, x0_s[:m]]), lift, steps, sigma_min, generator, rho)
         fresh, behind = both[:n], both[n:]

@@ -32,7 +32,7 @@ def as_levels(level: Tensor | float, x: Tensor) -> Tensor:
     return level
 
 
-def bcast(level: Tensor, x: Tensor) -> Tensor:
+def bcast(level: Tensor | float, x: Tensor) -> Tensor:
     """Reshape per-sample levels ``[N]`` to ``[N, 1, ..., 1]`` so they broadcast against ``x``."""
     return as_levels(level, x).reshape(-1, *([1] * (x.ndim - 1)))
 

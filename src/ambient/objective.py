@@ -278,7 +278,7 @@ def consistency_term(
     pick = pick_rows(sigma_n, cfg.fraction, cfg.sigma_min, generator)
     if pick.numel() == 0:
         return None
-    rows = None if ambient is None else tuple(t[pick] for t in ambient)
+    rows = None if ambient is None else (ambient[0][pick], ambient[1][pick], ambient[2][pick])
     return consistency_rows(denoiser, y[pick], sigma_n[pick], cfg, rows, generator, sigma_data,
                             p_mean=p_mean, p_std=p_std, memory=memory)
 

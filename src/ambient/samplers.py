@@ -176,7 +176,7 @@ def sample_multistep(
     DDIM(eta) step instead; ``eta = 1`` is the SDE solver DPM-Solver++(2M) SDE,
     ``x_{i+1} = r_i^2 x_i + (1 - r_i^2) D~_i + sigma_{i+1} sqrt(1 - r_i^2) z``."""
     sigmas = sigmas.to(device=x.device, dtype=x.dtype)
-    previous, h_previous = None, None
+    last: tuple[Tensor, Tensor] | None = None  # the previous step's D and log-step
     positive = _positive(sigmas)
     for i in _progress(len(sigmas) - 1, progress, "multistep"):
         s, s_next = _levels(sigmas[i], x), _levels(sigmas[i + 1], x)
@@ -185,11 +185,12 @@ def sample_multistep(
             return denoised
         h = torch.log(s / s_next)
         extrapolated = denoised
-        if previous is not None:
+        if last is not None:
+            previous, h_previous = last
             extrapolated = denoised + (denoised - previous) * bcast(h / (2 * h_previous), x)
         noise = _step_noise(x, eta, generator)
         x = reverse_step(x, extrapolated, s, s_next, eta, noise)
-        previous, h_previous = denoised, h
+        last = denoised, h
     return x
 
 

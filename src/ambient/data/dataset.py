@@ -21,7 +21,7 @@ from torch import Tensor
 from ambient.data.arrays import ARRAY_SUFFIXES, load_array, warn_image_range
 from ambient.data.digits import load_digits
 from ambient.data.gmm import GaussianMixture
-from ambient.data.images import FORMATS, load_image_folder
+from ambient.data.images import FORMATS, OnBad, load_image_folder
 from ambient.errors import AmbientError
 from ambient.noise import as_levels, corrupt
 
@@ -76,12 +76,13 @@ def load_sigma_n(spec: str | float | Path, n: int) -> Tensor:
     ``>= 0``; errors name the value or file and the fix."""
     if isinstance(spec, str):
         try:
-            spec = float(spec)
+            value = float(spec)
         except ValueError:
-            spec = Path(spec)
-    if isinstance(spec, Path):
+            return _load_sigma_file(Path(spec).expanduser(), n)
+    elif isinstance(spec, Path):
         return _load_sigma_file(spec.expanduser(), n)
-    value = float(spec)
+    else:
+        value = float(spec)
     if not np.isfinite(value) or value < 0:
         raise AmbientError(f"--sigma-n {spec}: a noise level must be a finite number >= 0 "
                            "(the standard deviation of the noise; 0 = clean data)")
@@ -253,7 +254,7 @@ def _builtin(data: str) -> tuple[Tensor, str] | None:
     return x0, source
 
 
-def _load_path(path: Path, on_bad: str) -> Tensor:
+def _load_path(path: Path, on_bad: OnBad) -> Tensor:
     """Samples of a user file or folder."""
     if not path.exists():
         raise AmbientError(f"--data {path}: no such file or folder. {_accepted_kinds()}")
@@ -266,7 +267,7 @@ def _load_path(path: Path, on_bad: str) -> Tensor:
 
 
 def resolve_dataset(data: str, sigma_n: str | float | None, corrupt: bool = False,
-                    seed: int = 0, on_bad: str = "skip") -> NoisyDataset:
+                    seed: int = 0, on_bad: OnBad = "skip") -> NoisyDataset:
     """Build the training set from ``--data``, ``--sigma-n``, ``--corrupt`` and ``--seed``.
 
     - Built-in ``digits`` / ``gmm[:...]`` data are clean and always corrupted once at
@@ -288,8 +289,8 @@ def resolve_dataset(data: str, sigma_n: str | float | None, corrupt: bool = Fals
     x = _load_path(path, on_bad)
     check_range = x.ndim == 4 and not path.is_dir()  # image folders are [-1, 1] by construction
     if corrupt:
-        levels = None if sigma_n is None else load_sigma_n(sigma_n, len(x))
-        if levels is None or not bool((levels > 0).any()):
+        levels = load_sigma_n(0.0 if sigma_n is None else sigma_n, len(x))
+        if not bool((levels > 0).any()):
             raise AmbientError(f"{path}: --corrupt adds noise to clean data and needs "
                                f"--sigma-n > 0 (got {sigma_n}); give the noise level to add, "
                                "e.g. --sigma-n 0.2, or drop --corrupt if the data is noisy")

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 import torch
 from torch import Tensor
 
 Split = Literal["train", "test", "all"]
+
+
+@overload
+def load_digits(split: Split = "train", test_fraction: float = 0.2, seed: int = 0,
+                return_labels: Literal[False] = False) -> Tensor: ...
+@overload
+def load_digits(split: Split = "train", test_fraction: float = 0.2, seed: int = 0, *,
+                return_labels: Literal[True]) -> tuple[Tensor, Tensor]: ...
 
 
 def load_digits(split: Split = "train", test_fraction: float = 0.2, seed: int = 0,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
@@ -76,6 +77,16 @@ class GaussianMixture:
         covs = q @ torch.diag_embed(eig) @ q.transpose(1, 2)
         w = 0.5 + torch.rand(num_components, generator=g, dtype=torch.float64)
         return cls(w / w.sum(), means, covs)
+
+    @overload
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               return_labels: Literal[False] = False) -> Tensor: ...
+    @overload
+    def sample(self, n: int, generator: torch.Generator | None,
+               return_labels: Literal[True]) -> tuple[Tensor, Tensor]: ...
+    @overload
+    def sample(self, n: int, generator: torch.Generator | None = None, *,
+               return_labels: Literal[True]) -> tuple[Tensor, Tensor]: ...
 
     def sample(
         self, n: int, generator: torch.Generator | None = None, return_labels: bool = False

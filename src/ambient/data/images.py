@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ambient.errors import AmbientError
 
+OnBad = Literal["skip", "error"]  # what load_image_folder does with an unreadable file
 FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF")  # PIL format names that are read
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L"}  # all others are colour
 _ALPHA_MODES = {"LA", "RGBA", "PA", "RGBa", "La"}
@@ -32,7 +33,7 @@ class _Image:
 
 def load_image_folder(
     path: str | Path,
-    on_bad: Literal["skip", "error"] = "skip",
+    on_bad: OnBad = "skip",
     recursive: bool = True,
 ) -> Tensor:
     """Read every PNG/JPEG/BMP/WEBP/TIFF file under ``path`` (sorted by path) as

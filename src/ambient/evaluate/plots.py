@@ -118,7 +118,7 @@ def plot_similarity_histograms(
     ax = fig.subplots()
     values = {name: np.asarray(torch.as_tensor(v).cpu(), dtype=float) for name, v in sims.items()}
     lo = min([*(v.min() for v in values.values() if v.size), *thresholds]) - 0.01
-    bins = np.linspace(lo, 1.0, 41)
+    bins = np.linspace(lo, 1.0, 41).tolist()
     top = max(thresholds)
     for name, v in values.items():
         ax.hist(v, bins=bins, alpha=0.5, label=f"{name} ({(v > top).mean():.1%} > {top:g})")

@@ -148,14 +148,15 @@ class UNetDenoiser:
         v = as_levels(v, x)
         n = x.shape[0]
         cond = self.cond.tiled(n)
-        if self.guided:
+        uncond = self.uncond if self.guided else None
+        if uncond is not None:
             x, v = torch.cat([x, x]), torch.cat([v, v])
-            cond = self.uncond.tiled(n).cat(cond)
+            cond = uncond.tiled(n).cat(cond)
         t = timestep_from_vp(v, self.alphas_cumprod)
         cond = cond.to(x.device, self.dtype)
         out = self.unet(x.to(self.dtype), t, **cond.unet_kwargs()).sample
         denoised = x0_from_prediction(out.to(x.dtype), x, v, self.prediction_type)
-        if self.guided:
+        if uncond is not None:
             uncond_d, cond_d = denoised.chunk(2)
             return uncond_d + self.guidance_scale * (cond_d - uncond_d)
         return denoised
@@ -182,7 +183,7 @@ class GraphedUNetDenoisers:
         eager = UNetDenoiser(unet, self.alphas_cumprod, self.prediction_type, cond, dtype=self.dtype)
         if not self.enabled:
             return eager
-        if self.unet is not unet:
+        if self.unet is not unet or self.graphs is None:
             self.unet, self.fields = unet, list(cond.tensors())
             self.graphs = GraphedInference(self._inference(getattr(unet, "module", unet)))
         graphs = self.graphs

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +41,9 @@ from ambient.latent.loss import latent_loss
 from ambient.latent.model import LatentModel, load_pipeline
 from ambient.losses import Denoiser
 from ambient.objective import ConsistencyConfig, consistency_at
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +125,7 @@ def encode_captions(model: LatentModel, captions: list[str],
     return table, torch.tensor([row[c] for c in captions])
 
 
-def add_lora(unet: nn.Module, rank: int, target_modules: tuple[str, ...]) -> None:
+def add_lora(unet: UNet2DConditionModel, rank: int, target_modules: tuple[str, ...]) -> None:
     """Freeze ``unet`` and add peft LoRA adapters (``r = lora_alpha = rank``, Gaussian A, zero B:
     the model starts exactly at the pretrained one); the adapters are float32."""
     from peft import LoraConfig
@@ -134,7 +138,7 @@ def add_lora(unet: nn.Module, rank: int, target_modules: tuple[str, ...]) -> Non
             p.data = p.data.float()
 
 
-def save_lora(pipe, unet: nn.Module, out_dir: Path) -> Path:
+def save_lora(pipe, unet: UNet2DConditionModel, out_dir: Path) -> Path:
     """Write ``unet``'s adapters in diffusers' format (``pytorch_lora_weights.safetensors``) so
     that ``pipeline.load_lora_weights(out_dir)`` reads them."""
     from diffusers.utils import convert_state_dict_to_diffusers

@@ -18,6 +18,13 @@ from ambient.errors import AmbientError
 _MAX_FREQ = 100.0  # highest angular frequency of the noise features (per unit of c_noise)
 
 
+def zero_init(layer: nn.Module) -> nn.Module:
+    """Set every parameter of ``layer`` (weight and bias) to zero; returns ``layer``."""
+    for param in layer.parameters():
+        nn.init.zeros_(param)
+    return layer
+
+
 def check_positive_int(kind: str, name: str, value: object) -> None:
     """Raise :class:`AmbientError` unless ``value`` is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -58,7 +65,7 @@ class NoiseEmbedding(nn.Module):
     def forward(self, c_noise: Tensor) -> Tensor:
         angles = c_noise.float()[:, None] * self.freqs.float()[None, :]  # float32 even in bf16
         features = torch.cat([angles.cos(), angles.sin()], dim=1)
-        return self.mlp(features.to(self.mlp[0].weight.dtype))
+        return self.mlp(features.to(next(self.mlp.parameters()).dtype))
 
 
 @dataclass
@@ -113,8 +120,7 @@ class MLP(nn.Module):
         )
         self.norm_out = nn.LayerNorm(cfg.hidden)
         self.proj_out = nn.Linear(cfg.hidden, dim)
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
+        zero_init(self.proj_out)
 
     def forward(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
         emb = self.embed(c_noise)

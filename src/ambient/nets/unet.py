@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ambient.errors import AmbientError
-from ambient.nets.mlp import NoiseEmbedding, check_dropout, check_emb_dim, check_positive_int
+from ambient.nets.mlp import (
+    NoiseEmbedding,
+    check_dropout,
+    check_emb_dim,
+    check_positive_int,
+    zero_init,
+)
 
 
 @dataclass
@@ -129,8 +135,7 @@ class _SelfAttention(nn.Module):
         self.norm = nn.GroupNorm(groups, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        zero_init(self.proj)
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
@@ -202,8 +207,7 @@ class UNet(nn.Module):
             c_prev = chs[i]
         self.norm_out = nn.GroupNorm(cfg.norm_groups, chs[0])
         self.conv_out = nn.Conv2d(chs[0], in_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        zero_init(self.conv_out)
 
     def forward(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
         check_image_size(x_in.shape[-2], x_in.shape[-1], self.config)
