@@ -56,12 +56,17 @@ def test_vectors_train_sample_denoise(tmp_path, vectors, capsys):
     assert code == 2 and "no checkpoint of step 4 (kept: [6])" in err
     # user data: scored against a reference array, the coordinates as features (no clamping)
     code, out, err = _run(capsys, "evaluate", str(run), "--reference", str(vectors), "--num",
-                          "50", "--steps", "3")
+                          "50", "--steps", "3", "--report", str(tmp_path / "report"))
     assert code == 0, err
     metrics = json.loads(out)
     assert set(metrics["samples"]) == {"full", "truncated"}
     assert set(metrics["samples"]["full"]) == {"frechet"}
     assert len(metrics["denoising_mse"]) == 5
+    report = (tmp_path / "report" / "report.md").read_text()
+    for figure in ("training.png", "samples_full.png", "samples_truncated.png", "denoising.png"):
+        assert figure in report and (tmp_path / "report" / figure).read_bytes()[:4] == b"\x89PNG"
+    assert "excess_error.png" not in report  # no ground truth to be exact against
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == metrics
     code, _, err = _run(capsys, "evaluate", str(run), "--num", "50")
     assert code == 2 and "--reference" in err
     wrong = tmp_path / "wrong.npy"
@@ -106,10 +111,16 @@ def test_corrupt_builtin_warm_start_and_evaluate(tmp_path, capsys):
                         str(tmp_path / "second"), "--init-from", str(first), *TINY)
     assert code == 0, err
     code, out, err = _run(capsys, "evaluate", str(tmp_path / "second"), "--num", "400", "--steps",
-                          "4", "--out", str(tmp_path / "metrics.json"))
+                          "4", "--out", str(tmp_path / "metrics.json"), "--report",
+                          str(tmp_path / "report"))
     assert code == 0, err
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert json.loads(out) == metrics
+    assert f"report: {tmp_path / 'report' / 'report.md'}" in err
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Exactness" in report and "excess_error.png" in report
+    assert "denoising.png" not in report  # mixtures: the exact excess error instead
+    assert (tmp_path / "report" / "report.html").is_file()
     assert set(metrics["samples"]) == {"full", "truncated"}
     for scores in metrics["samples"].values():  # 6 training steps: far above what exact draws score
         assert 0 < scores["covariance_noise_floor"] < scores["covariance_error"]
@@ -145,6 +156,12 @@ def test_sample_errors_name_the_problem(tmp_path, capsys):
     assert code == 2 and "nope" in err
     code, _, err = _run(capsys, "sample", str(tmp_path / "nope"), "--out", "s.txt")
     assert code == 2 and "--out s.txt" in err and ".npy array" in err  # checked before any work
+    code, _, err = _run(capsys, "evaluate", str(tmp_path / "nope"), "--out", "m.txt")
+    assert code == 2 and "--out m.txt" in err and "suffix .json" in err
+    (tmp_path / "afile").write_text("x")
+    code, _, err = _run(capsys, "evaluate", str(tmp_path / "nope"), "--report",
+                        str(tmp_path / "afile"))
+    assert code == 2 and "afile" in err and "name a folder" in err
     config_file = tmp_path / "bad.yaml"
     config_file.write_text("engine: {stepz: 3}\n")
     code, _, err = _run(capsys, "train", "--data", "gmm:n=64", "--sigma-n", "0.3", "--out",

@@ -436,3 +436,19 @@ def test_command_line_quotes_what_the_shell_would_split():
     line = command_line("benchmarks/x.py", ["--out", "my results/x.md", "--seeds", "0", "1"])
     assert line == "python benchmarks/x.py --out 'my results/x.md' --seeds 0 1"
     assert command_line("benchmarks/x.py", []) == "python benchmarks/x.py"
+
+
+def test_training_log_skips_a_cut_line_and_names_a_bad_one(tmp_path):
+    from ambient.evaluate.run_report import read_training_log
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 25, "loss": 2.0, "lr": 0.001, "ambient": 1.5}\n'
+                   '{"step": 50, "loss": 1.0, "lr": 0.001, "ambient": 0.75, "consistency": 0.25}\n'
+                   '{"step": 75, "lo')  # a kill cut the last record short
+    assert read_training_log(tmp_path) == {"loss": {25.0: 2.0, 50.0: 1.0},
+                                           "ambient": {25.0: 1.5, 50.0: 0.75},
+                                           "consistency": {50.0: 0.25}}
+    log.write_text('{"step": 25, "loss": 2.0}\nnot json\n{"step": 50, "loss": 1.0}\n')
+    with pytest.raises(AmbientError, match=r"metrics.jsonl, line 2"):
+        read_training_log(tmp_path)
+    assert read_training_log(tmp_path / "elsewhere") == {}

@@ -20,6 +20,7 @@ import yaml
 
 from ambient import __version__
 from ambient.errors import AmbientError
+from ambient.files import atomic_write_text
 from ambient.samplers import SamplerName
 
 
@@ -101,13 +102,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- sample / denoise
 
 
-def _output_path(out: str) -> Path:
-    """``--out`` of sample and denoise, checked before any work is done."""
+def _output_path(out: str, suffix: str = ".npy",
+                 what: str = "a .npy array (a PNG is written beside it: a grid of images, or a "
+                             "scatter of vectors)") -> Path:
+    """``--out`` of sample, denoise and evaluate, checked before any work is done."""
     path = Path(out)
-    if path.suffix != ".npy":
-        raise AmbientError(f"--out {out}: the output is written as a .npy array; fix: name it "
-                           "e.g. samples.npy (a PNG is written beside it: a grid of images, or a "
-                           "scatter of vectors)")
+    if path.suffix != suffix:
+        raise AmbientError(f"--out {out}: the output is written as {what}; fix: give it the "
+                           f"suffix {suffix}, e.g. {path.with_suffix(suffix).name}")
+    if path.is_dir():
+        raise AmbientError(f"--out {out}: a folder is there; fix: name a file such as "
+                           f"{(path / 'out').with_suffix(suffix)}")
     return path
 
 
@@ -169,12 +174,18 @@ def cmd_denoise(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ambient.evaluate.run_report import metrics_dict, write_run_report
     from ambient.evaluate.runs import (
         default_features,
         evaluate_run,
         require_reference_compatible,
     )
 
+    out = None if args.out is None else _output_path(args.out, ".json", "the metrics as JSON")
+    report_dir = None if args.report is None else Path(args.report)
+    if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
+        raise AmbientError(f"--report {report_dir}: a file is there; fix: name a folder (it is "
+                           "created) for report.md, report.html and their figures")
     denoiser, config = _load(args)
     features = args.features
     if config.get("source") != "digits" and not str(config.get("source", "")).startswith("gmm"):
@@ -186,13 +197,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_run(denoiser, config, num=args.num, steps=args.steps, seed=args.seed,
                            features=features or "digits", reference=args.reference,
                            progress=True)
-    result = {"samples": metrics.samples,
-              "excess_denoising_error": {str(k): v for k, v in metrics.excess.items()},
-              "denoising_mse": {str(k): v for k, v in metrics.denoising.items()}}
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    text = json.dumps(metrics_dict(metrics), indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, text + "\n")
     print(text)
+    if report_dir is not None:
+        report = write_run_report(Path(args.run_dir), config, metrics, report_dir)
+        print(f"report: {report}", file=sys.stderr)  # stdout stays one JSON document
     return 0
 
 
@@ -313,7 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None,
                    help="clean reference data for a run without built-in ground truth: an image "
                         "folder or an array file (.npy/.npz) of the training data's shape")
-    p.add_argument("--out", default=None, help="also write the metrics as JSON here")
+    p.add_argument("--out", default=None, help="also write the metrics as JSON to this .json file")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="also write a report to this folder: report.md and report.html with the "
+                        "training curve, sample grids or scatters, the metrics and the denoising "
+                        "error against the noise level")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="noisy digits -> two models -> report (about 5 min on CPU)")

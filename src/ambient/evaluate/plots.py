@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from torch import Tensor
 
 from ambient.images import to_uint8
@@ -31,17 +32,23 @@ def plot_lines(
     logy: bool = False,
     vline: float | None = None,
     vline_label: str | None = None,
+    markers: bool = True,
 ) -> Path:
-    """One line with markers per named series ``{x: y}`` (sorted by x), optional vertical line."""
+    """One line per named series ``{x: y}`` (sorted by x; with ``markers``, a dot at each point),
+    optional vertical line."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     for name, points in series.items():
         xs = sorted(points)
-        ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
+        ax.plot(xs, [points[x] for x in xs], marker="o" if markers else None, label=name)
     if vline is not None:
         ax.axvline(vline, color="gray", linestyle="--", label=vline_label)
     ax.set_xscale("log" if logx else "linear")
     ax.set_yscale("log" if logy else "linear")
+    levels = sorted({x for points in series.values() for x in points})
+    if logx and len(levels) <= 12:  # label the measured levels, not the log axis's minor ticks
+        ax.set_xticks(levels, [f"{x:g}" for x in levels])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

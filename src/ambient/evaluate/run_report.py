@@ -1,0 +1,121 @@
+"""The report of ``ambient evaluate RUN --report DIR``: a run at a glance.
+
+``DIR/report.md`` and ``report.html`` show, from :class:`ambient.evaluate.runs.RunMetrics` and
+the run's own files: the training curve (``metrics.jsonl``: the loss and each of its terms,
+log scale), the samples of each sampling mode (an image grid, or a scatter of vectors), the
+sample metrics table, the one-step denoising MSE against the level (images and user data) or
+the excess denoising error (Gaussian mixtures), both with the data's ``sigma_n`` marked, and
+``metrics.json``: the same figures as the command prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ambient.errors import AmbientError
+from ambient.evaluate.plots import plot_excess_error, plot_lines, plot_points
+from ambient.evaluate.report import Report
+from ambient.evaluate.runs import RunMetrics
+from ambient.files import atomic_write_text
+from ambient.images import save_grid
+
+# metrics.jsonl fields that are not a loss or a loss term
+_NOT_LOSSES = frozenset({"step", "lr", "grad_norm", "images_per_s", "skipped"})
+_MODES = {"full": "full sampling (to sigma = 0)",
+          "truncated": "truncated sampling (stopped at sigma_n: E[x0 | x_sigma_n])"}
+
+
+def metrics_dict(metrics: RunMetrics) -> dict[str, Any]:
+    """The figures of ``metrics`` as JSON-ready dicts (levels as strings): what ``ambient
+    evaluate`` prints and ``--out`` / ``--report`` write."""
+    return {"samples": metrics.samples,
+            "excess_denoising_error": {str(k): v for k, v in metrics.excess.items()},
+            "denoising_mse": {str(k): v for k, v in metrics.denoising.items()}}
+
+
+def read_training_log(run_dir: Path) -> dict[str, dict[float, float]]:
+    """``{name: {step: value}}`` of the loss and its terms from ``run_dir/metrics.jsonl``
+    (empty when the run logged nothing). A line cut short by a kill is skipped; a line that is
+    not a JSON record is an error naming the file and the line."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    curves: dict[str, dict[float, float]] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):  # the last line of a killed run may be cut short
+                continue
+            raise AmbientError(f"{path}, line {number}: not a JSON record ({err}); fix: delete "
+                               "the line (the training curve only)") from err
+        if not isinstance(record, dict) or "step" not in record:
+            raise AmbientError(f"{path}, line {number}: a record needs a 'step' field; fix: "
+                               "delete the line (the training curve only)")
+        for name, value in record.items():
+            if name not in _NOT_LOSSES and isinstance(value, int | float) and math.isfinite(value):
+                curves.setdefault(name, {})[float(record["step"])] = float(value)
+    return curves
+
+
+def write_run_report(run_dir: Path, config: dict[str, Any], metrics: RunMetrics,
+                     out: Path) -> Path:
+    """Write ``out/report.md`` (and ``.html``, the PNGs and ``metrics.json``); returns the
+    markdown's path."""
+    out = Path(out)
+    sigma_n = float(config["sigma_n"]["max"])
+    shape = tuple(config["sample_shape"])
+    step = config.get("checkpoint", {}).get("step")
+    report = Report(f"ambient evaluate: {Path(run_dir).name}")
+    report.text(f"Run {run_dir}, data {config.get('source', '?')} "
+                f"({config.get('num_examples', '?')} samples of shape {list(shape)}, noise level "
+                f"sigma_n up to {sigma_n:g}), checkpoint of step {step}, EMA weights.")
+
+    curves = read_training_log(run_dir)
+    if curves:
+        report.heading("Training")
+        report.image(plot_lines(curves, out / "training.png", "step", "loss (window average)",
+                                title="training loss and its terms", logy=True,
+                                markers=len(next(iter(curves.values()))) <= 40),
+                     "the loss and its terms, as logged in metrics.jsonl")
+
+    if metrics.drawn:
+        report.heading("Samples")
+        for mode, drawn in metrics.drawn.items():
+            label = _MODES.get(mode, mode)
+            if len(shape) == 3:
+                path = save_grid(drawn[:64].clamp(-1, 1), out / f"samples_{mode}.png")
+            else:
+                path = plot_points(drawn, out / f"samples_{mode}.png", label)
+            shown = ", the first 64 shown" if len(shape) == 3 and len(drawn) > 64 else ""
+            report.image(path, f"{label}: {len(drawn)} samples{shown}")
+        if metrics.samples:
+            report.table([{"sampling": mode, **scores} for mode, scores in metrics.samples.items()])
+
+    marker = sigma_n if sigma_n > 0 else None
+    if metrics.denoising:
+        report.heading("Denoising")
+        identity = {s: s**2 for s in metrics.denoising}  # returning the noisy input
+        report.image(plot_lines({"D(x0 + sigma z, sigma)": metrics.denoising,
+                                 "the noisy input itself (sigma^2)": identity},
+                                out / "denoising.png", "sigma", "MSE against the clean data",
+                                title="one-step denoising error", logx=True, logy=True,
+                                vline=marker, vline_label=f"sigma_n = {sigma_n:g}"),
+                     "one-step denoising MSE of the reference data, per noise level")
+        report.table([{"sigma": s, "mse": v} for s, v in metrics.denoising.items()])
+    if metrics.excess:
+        report.heading("Exactness")
+        report.image(plot_excess_error({"this run": metrics.excess}, out / "excess_error.png",
+                                       sigma_n=marker),
+                     "excess denoising error against the exact posterior mean (0 = exact)")
+        report.table([{"sigma": s, "excess": v} for s, v in metrics.excess.items()])
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics_dict(metrics), indent=2) + "\n")
+    return report.write(out)
