@@ -92,6 +92,43 @@ def test_load_array_non_finite_reports_count_and_first_index(tmp_path):
         load_array(tmp_path / "nan.npy")
 
 
+def test_large_npy_is_mapped_copy_on_write(tmp_path, monkeypatch):
+    """A float32 .npy over MAP_BYTES is memory-mapped: the tensor reads the file where used (a
+    change made to the file shows), and writing to the tensor never touches the file."""
+    from ambient.data import arrays
+
+    path = tmp_path / "big.npy"
+    np.save(path, np.arange(24, dtype=np.float32).reshape(6, 4))
+    x = load_array(path)
+    monkeypatch.setattr(arrays, "MAP_BYTES", 64)
+    mapped = load_array(path)
+    torch.testing.assert_close(mapped, x)
+    on_disk = np.load(path, mmap_mode="r+")
+    on_disk[5, 3] = 99.0
+    on_disk.flush()
+    assert float(mapped[5, 3]) == 99.0 and float(x[5, 3]) == 23.0  # x was read into memory
+    mapped[0, 0] = -5.0
+    assert np.load(path)[0, 0] == 0.0
+    np.save(path, np.arange(24, dtype=np.float64).reshape(6, 4))  # other dtypes: converted
+    assert load_array(path).dtype == torch.float32
+    bad = np.empty(20, dtype=object)
+    np.save(path, bad, allow_pickle=True)
+    with pytest.raises(AmbientError, match="Python objects"):
+        load_array(path)
+
+
+def test_nonfinite_scans_in_blocks(monkeypatch):
+    from ambient.data import arrays
+
+    x = torch.zeros(7, 2, 3)
+    x[4, 1, 2] = float("nan")
+    x[6, 0, 0] = float("inf")
+    whole = arrays.nonfinite(x)
+    monkeypatch.setattr(arrays, "_CHUNK", 6)  # one sample per block
+    assert arrays.nonfinite(x) == whole == (2, (4, 1, 2))
+    assert arrays.nonfinite(torch.zeros(3, 2)) == (0, None)
+
+
 def test_load_array_refuses_pickles_and_garbage(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(AmbientError, match=_name(tmp_path / "obj.npy") + r" holds Python objects"):

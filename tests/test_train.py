@@ -122,6 +122,32 @@ def test_dataset_loss_passes_the_model_itself_off_a_gpu(vectors):
         assert loss_fn.denoiser(model) is model
 
 
+def test_data_too_large_for_the_gpu_stay_in_host_memory(vectors, monkeypatch):
+    """keeps_on_host: on a GPU, data over DEVICE_DATA_SHARE of its memory stay on the host; the
+    host path (each batch's rows copied) gives the same loss as the data moved whole."""
+    from types import SimpleNamespace
+
+    from ambient.nets import MLP, MLPConfig
+    from ambient.precond import EDMPrecond
+    from ambient.train import keeps_on_host
+
+    y = vectors.y  # 32 x 2 float32: 256 bytes
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(total_memory=1024))
+    assert not keeps_on_host(y, torch.device("cuda"))  # 256 <= 0.25 * 1024
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(total_memory=1000))
+    assert keeps_on_host(y, torch.device("cuda"))
+    assert not keeps_on_host(y, torch.device("cpu"))
+    model = EDMPrecond(MLP(2, MLPConfig(hidden=8, depth=1)), 0.5)
+    idx = torch.tensor([3, 1, 4, 1, 5])
+    whole = DatasetLoss(vectors, ObjectiveConfig(), total_steps=10)
+    host = DatasetLoss(vectors, ObjectiveConfig(), total_steps=10)
+    host.on_host = True
+    losses = [loss_fn(model, idx, torch.Generator().manual_seed(0), 0)[0] for loss_fn in (whole, host)]
+    torch.testing.assert_close(losses[1], losses[0])
+
+
 def test_train_then_load_run(tmp_path, vectors):
     model = train(_config(), vectors, tmp_path, progress=False)
     denoiser, config = load_run(tmp_path)

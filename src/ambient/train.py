@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ambient import checkpoint as ck
 from ambient.data import NoisyDataset
+from ambient.data.arrays import nonfinite
 from ambient.engine import EngineConfig, SampleFn, run_training, trainable_parameters
 from ambient.errors import AmbientError
 from ambient.graphs import GraphedInference
@@ -104,9 +105,24 @@ def _type_name(tp: Any) -> str:
 # ----------------------------------------------------------------------------------- train
 
 
+DEVICE_DATA_SHARE = 0.25  # training data above this share of a GPU's memory stay in host memory
+
+
+def keeps_on_host(x: Tensor, device: torch.device) -> bool:
+    """Whether training data ``x`` stay in host memory, each batch's rows copied to ``device``,
+    instead of moving there whole: on a GPU, when they would take more than
+    :data:`DEVICE_DATA_SHARE` of its memory (with a memory-mapped array they are then read from
+    disk as batches use them, :func:`ambient.data.load_array`)."""
+    if device.type != "cuda":
+        return False
+    total = torch.cuda.get_device_properties(device).total_memory
+    return x.numel() * x.element_size() > DEVICE_DATA_SHARE * total
+
+
 class DatasetLoss:
     """``loss_fn`` of the engine: the objective on rows ``idx`` of the dataset, whose tensors
-    move to the device of the indices on first use and stay there; the consistency term follows
+    move to the device of the indices on first use and stay there (data too large for it stay
+    in host memory, :func:`keeps_on_host`, and each batch's rows move); the consistency term follows
     its warm start (:func:`ambient.objective.consistency_at`) over ``total_steps``. With
     ``cuda_graphs`` the model's calls without autograd replay CUDA graphs on a GPU
     (:class:`ambient.graphs.GraphedInference`; of a DDP wrapper, its module's)."""
@@ -114,18 +130,23 @@ class DatasetLoss:
     def __init__(self, dataset: NoisyDataset, objective: ObjectiveConfig, total_steps: int,
                  cuda_graphs: bool = True) -> None:
         self.y, self.sigma_n, self.objective = dataset.y, dataset.sigma_n, objective
+        self.on_host = False  # set on first use, by keeps_on_host
         self.total_steps, self.cuda_graphs = total_steps, cuda_graphs
         self.graphed: GraphedInference | None = None
         self.memory = RefitMemory()  # the consistency term's draws between steps
 
     def __call__(self, model: nn.Module, idx: Tensor, generator: torch.Generator | None,
                  step: int) -> tuple[Tensor, dict[str, Tensor]]:
-        if self.y.device != idx.device:
-            self.y, self.sigma_n = self.y.to(idx.device), self.sigma_n.to(idx.device)
+        if self.sigma_n.device != idx.device:
+            self.sigma_n = self.sigma_n.to(idx.device)
+            self.on_host = keeps_on_host(self.y, idx.device)
+            if not self.on_host:
+                self.y = self.y.to(idx.device)
+        y = self.y[idx.cpu()].to(idx.device) if self.on_host else self.y[idx]
         consistency = consistency_at(self.objective.consistency, step, self.total_steps)
         objective = replace(self.objective, consistency=consistency)
-        return training_loss(self.denoiser(model), self.y[idx], self.sigma_n[idx], objective,
-                             generator, self.memory)
+        return training_loss(self.denoiser(model), y, self.sigma_n[idx], objective, generator,
+                             self.memory)
 
     def denoiser(self, model: nn.Module) -> Denoiser:
         """``model`` itself off a GPU or without ``cuda_graphs`` (a draw that needs its
@@ -180,7 +201,7 @@ def train(cfg: TrainConfig, dataset: NoisyDataset, run_dir: Path, resume: bool =
         raise AmbientError(f"the data's noise level reaches sigma_n={top:g}, which must be below "
                            f"objective.sigma_max={obj.sigma_max:g} (the highest level the model "
                            "learns); fix: raise objective.sigma_max or check --sigma-n")
-    if not bool(torch.isfinite(dataset.y).all()):
+    if nonfinite(dataset.y)[0]:
         raise AmbientError(f"the data from {dataset.source} contains NaN or inf values; fix: "
                            "clean or drop those samples")
     shape = dataset.sample_shape

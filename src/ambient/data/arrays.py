@@ -15,6 +15,8 @@ from ambient.errors import AmbientError
 ARRAY_SUFFIXES = (".npy", ".npz")
 NPZ_KEYS = ("x", "y", "data")  # accepted names of the data array in an .npz with several arrays
 
+MAP_BYTES = 1 << 30  # a float32 .npy at least this large is memory-mapped, not read into memory
+_CHUNK = 1 << 24  # values per block when scanning a (possibly mapped) array
 _MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}  # how the files start (np.load's own test)
 _SHAPES = "(N, D) vectors, (N, H, W) or (N, C, H, W) images"
 
@@ -22,6 +24,9 @@ _SHAPES = "(N, D) vectors, (N, H, W) or (N, C, H, W) images"
 def load_array(path: str | Path) -> Tensor:
     """Load an ``.npy`` / ``.npz`` file as float32 ``[N, D]`` or ``[N, C, H, W]``.
 
+    A float32 ``.npy`` of :data:`MAP_BYTES` or more is memory-mapped copy-on-write: rows are read
+    from disk when used and shared between the processes of a multi-GPU run, and nothing is
+    ever written back to the file (do not rewrite the file while a run reads it).
     ``(N, H, W)`` gains a channel axis. An ``.npz`` must hold a single array or one named
     ``x``, ``y`` or ``data``. Pickled (object) arrays are never loaded. Non-finite values,
     unsupported shapes and dtypes raise :class:`AmbientError` naming the file and the fix."""
@@ -53,14 +58,14 @@ def _read(path: Path) -> np.ndarray:
         raise AmbientError(f"{path}: not a readable NumPy file (it does not start like a "
                            f"{path.suffix} file); re-save it with np.save / np.savez")
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False, mmap_mode="c" if _mappable(path) else None)
         if isinstance(loaded, np.ndarray):
             return loaded
         with loaded:
             key = _npz_key(list(loaded.files), path)
             return loaded[key]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        if "allow_pickle" in str(e):
+        if "allow_pickle" in str(e) or "Python objects" in str(e):
             raise AmbientError(
                 f"{path} holds Python objects (dtype=object), which are never loaded "
                 "(allow_pickle=False, for safety); save a numeric array instead, e.g. "
@@ -68,6 +73,13 @@ def _read(path: Path) -> np.ndarray:
             ) from e
         raise AmbientError(f"{path}: not a readable NumPy file ({e}); re-save it with "
                            "np.save / np.savez") from e
+
+
+def _mappable(path: Path) -> bool:
+    """An ``.npy`` of at least :data:`MAP_BYTES`: mapped, it is read only where used; if it is
+    float32 in C order the tensor is the mapping itself (else :func:`load_array` converts it,
+    reading it whole, as for a smaller file)."""
+    return path.suffix.lower() == ".npy" and path.stat().st_size >= MAP_BYTES
 
 
 def _npz_key(keys: list[str], path: Path) -> str:
@@ -110,12 +122,25 @@ def _check_shape(x: Tensor, path: Path) -> Tensor:
     return x
 
 
+def nonfinite(x: Tensor) -> tuple[int, tuple[int, ...] | None]:
+    """The number of NaN/Inf values of ``x`` and the index of the first one (None if none),
+    scanned in blocks of samples (a mapped array is read once, never held whole)."""
+    rows = max(1, _CHUNK // max(1, x[0].numel()))
+    count, first = 0, None
+    for start in range(0, len(x), rows):
+        bad = ~torch.isfinite(x[start:start + rows])
+        found = int(bad.sum())
+        if found and first is None:
+            at = np.unravel_index(int(bad.flatten().nonzero()[0]), bad.shape)
+            first = (start + int(at[0]), *(int(i) for i in at[1:]))
+        count += found
+    return count, first
+
+
 def _check_finite(x: Tensor, path: Path) -> None:
     """Raise naming the number of NaN/Inf values and the index of the first one."""
-    bad = ~torch.isfinite(x)
-    count = int(bad.sum())
-    if count:
-        first = tuple(int(i) for i in np.unravel_index(int(bad.flatten().nonzero()[0]), x.shape))
+    count, first = nonfinite(x)
+    if first is not None:
         raise AmbientError(
             f"{path}: {count} non-finite value(s) (NaN or Inf); the first is at index {first} "
             f"(sample {first[0]}). Fix or drop those samples, e.g. "
