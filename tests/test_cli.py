@@ -63,7 +63,8 @@ def test_vectors_train_sample_denoise(tmp_path, vectors, capsys):
     assert set(metrics["samples"]["full"]) == {"frechet"}
     assert len(metrics["denoising_mse"]) == 5
     report = (tmp_path / "report" / "report.md").read_text()
-    for figure in ("training.png", "samples_full.png", "samples_truncated.png", "denoising.png"):
+    for figure in ("training.png", "samples_reference.png", "samples_full.png",
+                   "samples_truncated.png", "denoising.png"):
         assert figure in report and (tmp_path / "report" / figure).read_bytes()[:4] == b"\x89PNG"
     assert "excess_error.png" not in report  # no ground truth to be exact against
     assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == metrics
@@ -119,6 +120,7 @@ def test_corrupt_builtin_warm_start_and_evaluate(tmp_path, capsys):
     assert f"report: {tmp_path / 'report' / 'report.md'}" in err
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## Exactness" in report and "excess_error.png" in report
+    assert "samples_reference.png" in report  # fresh draws of the mixture beside the samples
     assert "denoising.png" not in report  # mixtures: the exact excess error instead
     assert (tmp_path / "report" / "report.html").is_file()
     assert set(metrics["samples"]) == {"full", "truncated"}

@@ -24,7 +24,8 @@ from ambient.images import save_grid
 
 # metrics.jsonl fields that are not a loss or a loss term
 _NOT_LOSSES = frozenset({"step", "lr", "grad_norm", "images_per_s", "skipped"})
-_MODES = {"full": "full sampling (to sigma = 0)",
+_MODES = {"reference": "the clean data the samples are scored against",
+          "full": "full sampling (to sigma = 0)",
           "truncated": "truncated sampling (stopped at sigma_n: E[x0 | x_sigma_n])"}
 
 
@@ -87,14 +88,15 @@ def write_run_report(run_dir: Path, config: dict[str, Any], metrics: RunMetrics,
 
     if metrics.drawn:
         report.heading("Samples")
-        for mode, drawn in metrics.drawn.items():
+        reference = {} if metrics.reference is None else {"reference": metrics.reference}
+        for mode, drawn in {**reference, **metrics.drawn}.items():
             label = _MODES.get(mode, mode)
             if len(shape) == 3:
                 path = save_grid(drawn[:64].clamp(-1, 1), out / f"samples_{mode}.png")
             else:
                 path = plot_points(drawn, out / f"samples_{mode}.png", label)
-            shown = ", the first 64 shown" if len(shape) == 3 and len(drawn) > 64 else ""
-            report.image(path, f"{label}: {len(drawn)} samples{shown}")
+            first = ", the first 64 shown" if len(shape) == 3 and len(drawn) > 64 else ""
+            report.image(path, f"{label}: {len(drawn)} samples{first}")
         if metrics.samples:
             report.table([{"sampling": mode, **scores} for mode, scores in metrics.samples.items()])
 

@@ -46,6 +46,7 @@ class RunMetrics:
     excess: dict[float, float] = field(default_factory=dict)  # gmm: sigma -> excess error
     denoising: dict[float, float] = field(default_factory=dict)  # images: sigma -> MSE
     drawn: dict[str, Tensor] = field(default_factory=dict)  # the samples themselves
+    reference: Tensor | None = None  # clean data the samples are scored against (gmm: fresh draws)
 
 
 def load_reference(spec: str) -> Tensor:
@@ -82,9 +83,9 @@ def evaluate_run(
         cov_floor = covariance_noise_floor(gmm, num, generator=g)
         for mode, drawn in metrics.drawn.items():
             cov = component_covariance_error(drawn, gmm)
+            metrics.reference = gmm.sample(num, generator=g)
             metrics.samples[mode] = {
-                "sliced_wasserstein": sliced_wasserstein(drawn, gmm.sample(num, generator=g),
-                                                         generator=g),
+                "sliced_wasserstein": sliced_wasserstein(drawn, metrics.reference, generator=g),
                 "sw_noise_floor": floor, "covariance_error": cov.error,
                 "covariance_noise_floor": cov_floor,
                 "width_ratio": cov.width_ratio}
@@ -103,6 +104,7 @@ def evaluate_run(
         raise AmbientError(f"the reference {reference} holds samples of shape "
                            f"{list(ref.shape[1:])}, but this run's have shape {list(shape)}; fix: "
                            "pass a reference of the training data's shape")
+    metrics.reference = ref
     extract = get_extractor(features)
     ref_feats = extract(ref)
     for mode, drawn in metrics.drawn.items():
