@@ -99,6 +99,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["consistency_seeds.py", "--steps", "6000", "--seeds", *map(str, range(8)), "--sigmas",
       "0.15", "--candidates", "none", "default", "extrapolate-1-fraction-0.125",
       "extrapolate-1-share-0.5", "8-steps-sigma-min-0.005", "--points", "131072"]),
+    ("consistency_points_seeds_long.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the "
+     "training points (131072), eight seeds at 16 times the training budget (24000 steps): the "
+     "default vs the clean-data oracle trained as long",
+     ["consistency_seeds.py", "--steps", "24000", "--seeds", *map(str, range(8)), "--sigmas",
+      "0.15", "--candidates", "default", "--points", "131072"]),
     ("consistency_points_sure.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
      "points (131072), five seeds: a SURE term at sigma_n on a quarter of the rows besides the "
      "default consistency, against the default, at four times the training budget",
