@@ -238,7 +238,8 @@ JOBS = [
     ("consistency_bridge.md", False),
     *[(f"{name}.md", True)
       for name in ("consistency", "consistency_seeds", "consistency_budget", "consistency_long",
-                   "consistency_points_seeds", "consistency_points_sure",
+                   "consistency_points_seeds_long", "consistency_points_seeds",
+                   "consistency_points_sure",
                    "consistency_points_steps",
                    "consistency_points_net",
                    "consistency_cap1_budget",

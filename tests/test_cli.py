@@ -176,4 +176,5 @@ def test_demo_quick_writes_report(tmp_path, capsys, monkeypatch):
     code, _, err = _run(capsys, "demo", "--out", str(tmp_path / "demo"), "--quick")
     assert code == 0, err
     report = Path(tmp_path / "demo" / "report.md").read_text()
-    assert "frechet" in report and "noisy.png" in report
+    assert "frechet" in report and "noisy.png" in report and "denoising.png" in report
+    assert "training.png" in report
