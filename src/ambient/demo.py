@@ -20,7 +20,7 @@ from ambient.defaults import default_train_config
 from ambient.evaluate.denoising import format_table
 from ambient.evaluate.features import DigitsFeatures
 from ambient.evaluate.frechet import frechet_distance
-from ambient.evaluate.plots import plot_lines
+from ambient.evaluate.plots import plot_denoising, plot_training
 from ambient.evaluate.report import Report
 from ambient.evaluate.run_report import read_training_log
 from ambient.evaluate.runs import evaluate_run
@@ -93,17 +93,12 @@ def run_demo(out: Path, quick: bool = False) -> Path:
                 "smoother than the data. benchmarks/RESULTS.md compares these on digits and on "
                 "Gaussian mixtures, where the exact answer is known.")
     report.heading("Denoising MSE on held-out clean digits (one step, per noise level)")
-    identity = {s: s**2 for s in next(iter(denoising.values()))}  # returning the noisy input
-    report.image(plot_lines({**denoising, "the noisy input itself (sigma^2)": identity},
-                            out / "denoising.png", "sigma", "MSE against the clean digits",
-                            logx=True, logy=True, vline=SIGMA_N,
-                            vline_label=f"sigma_n = {SIGMA_N:g}"),
+    report.image(plot_denoising(denoising, out / "denoising.png", SIGMA_N),
                  "below sigma_n only the consistency loss trains the model")
     report.text(format_table(denoising))
     if all(losses.values()):
         report.heading("Training")
-        report.image(plot_lines(losses, out / "training.png", "step", "loss (window average)",
-                                logy=True, markers=False),
+        report.image(plot_training(losses, out / "training.png"),
                      "training loss of each model (with consistency: its term joins half-way)")
     rerun = f"ambient demo --out {out}" + (" --quick" if quick else "")
     report.text(f"Total time: {time.time() - start:.0f} s. Rerun: `{rerun}`.")

@@ -94,6 +94,31 @@ def plot_excess_error(
                       vline_label=None if sigma_n is None else f"sigma_n = {sigma_n:g}")
 
 
+def plot_denoising(
+    mse: Mapping[str, Mapping[float, float]],
+    path: str | Path,
+    sigma_n: float | None = None,
+) -> Path:
+    """One-step denoising MSE ``{sigma: mse}`` per model, log-log, beside the MSE of returning
+    the noisy input itself (``sigma^2``, for scale) and with the data's ``sigma_n`` marked."""
+    levels = sorted({s for curve in mse.values() for s in curve})
+    identity = {s: s**2 for s in levels}
+    marked = sigma_n if sigma_n else None
+    return plot_lines({**mse, "the noisy input itself (sigma^2)": identity}, path, "sigma",
+                      "MSE against the clean data", title="one-step denoising error", logx=True,
+                      logy=True, vline=marked,
+                      vline_label=None if marked is None else f"sigma_n = {marked:g}")
+
+
+def plot_training(losses: Mapping[str, Mapping[float, float]], path: str | Path,
+                  title: str | None = None) -> Path:
+    """Training curves ``{step: loss}`` (as logged: window averages), log scale; dots at the
+    logged steps only when there are few."""
+    few = max((len(curve) for curve in losses.values()), default=0) <= 40
+    return plot_lines(losses, path, "step", "loss (window average)", title=title, logy=True,
+                      markers=few)
+
+
 def plot_bars(
     values: Mapping[str, float],
     path: str | Path,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ambient.errors import AmbientError
-from ambient.evaluate.plots import plot_excess_error, plot_lines, plot_points
+from ambient.evaluate.plots import plot_denoising, plot_excess_error, plot_points, plot_training
 from ambient.evaluate.report import Report
 from ambient.evaluate.runs import RunMetrics
 from ambient.files import atomic_write_text
@@ -81,9 +81,7 @@ def write_run_report(run_dir: Path, config: dict[str, Any], metrics: RunMetrics,
     curves = read_training_log(run_dir)
     if curves:
         report.heading("Training")
-        report.image(plot_lines(curves, out / "training.png", "step", "loss (window average)",
-                                title="training loss and its terms", logy=True,
-                                markers=len(next(iter(curves.values()))) <= 40),
+        report.image(plot_training(curves, out / "training.png", "training loss and its terms"),
                      "the loss and its terms, as logged in metrics.jsonl")
 
     if metrics.drawn:
@@ -100,21 +98,16 @@ def write_run_report(run_dir: Path, config: dict[str, Any], metrics: RunMetrics,
         if metrics.samples:
             report.table([{"sampling": mode, **scores} for mode, scores in metrics.samples.items()])
 
-    marker = sigma_n if sigma_n > 0 else None
     if metrics.denoising:
         report.heading("Denoising")
-        identity = {s: s**2 for s in metrics.denoising}  # returning the noisy input
-        report.image(plot_lines({"D(x0 + sigma z, sigma)": metrics.denoising,
-                                 "the noisy input itself (sigma^2)": identity},
-                                out / "denoising.png", "sigma", "MSE against the clean data",
-                                title="one-step denoising error", logx=True, logy=True,
-                                vline=marker, vline_label=f"sigma_n = {sigma_n:g}"),
+        report.image(plot_denoising({"D(x0 + sigma z, sigma)": metrics.denoising},
+                                    out / "denoising.png", sigma_n),
                      "one-step denoising MSE of the reference data, per noise level")
         report.table([{"sigma": s, "mse": v} for s, v in metrics.denoising.items()])
     if metrics.excess:
         report.heading("Exactness")
         report.image(plot_excess_error({"this run": metrics.excess}, out / "excess_error.png",
-                                       sigma_n=marker),
+                                       sigma_n=sigma_n or None),
                      "excess denoising error against the exact posterior mean (0 = exact)")
         report.table([{"sigma": s, "excess": v} for s, v in metrics.excess.items()])
 
