@@ -112,10 +112,13 @@ def plot_denoising(
 
 def plot_training(losses: Mapping[str, Mapping[float, float]], path: str | Path,
                   title: str | None = None) -> Path:
-    """Training curves ``{step: loss}`` (as logged: window averages), log scale; dots at the
-    logged steps only when there are few."""
+    """Training curves ``{step: loss}`` (as logged: window averages); the y axis is logarithmic
+    when the values are positive and span more than a decade; dots at the logged steps only when
+    there are few."""
     few = max((len(curve) for curve in losses.values()), default=0) <= 40
-    return plot_lines(losses, path, "step", "loss (window average)", title=title, logy=True,
+    values = [v for curve in losses.values() for v in curve.values()]
+    wide = bool(values) and min(values) > 0 and max(values) > 10 * min(values)
+    return plot_lines(losses, path, "step", "loss (window average)", title=title, logy=wide,
                       markers=few)
 
 
