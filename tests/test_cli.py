@@ -67,6 +67,9 @@ def test_vectors_train_sample_denoise(tmp_path, vectors, capsys):
                    "samples_truncated.png", "denoising.png"):
         assert figure in report and (tmp_path / "report" / figure).read_bytes()[:4] == b"\x89PNG"
     assert "excess_error.png" not in report  # no ground truth to be exact against
+    from ambient.evaluate.run_report import read_training_log
+
+    assert set(read_training_log(run)) == {"loss", "ambient", "consistency"}  # the losses only
     assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == metrics
     code, _, err = _run(capsys, "evaluate", str(run), "--num", "50")
     assert code == 2 and "--reference" in err

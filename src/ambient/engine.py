@@ -244,6 +244,10 @@ class StopSignals:
 # ----------------------------------------------------------------------------- metrics
 
 
+# the fields of a metrics.jsonl record besides "loss" and the loss's terms (Metrics.flush)
+RECORD_FIELDS = ("step", "lr", "grad_norm", "images_per_s", "skipped")
+
+
 class Metrics:
     """Window averages written to ``metrics.jsonl``, TensorBoard (``logs/``) and the progress bar
     (main process only). Records after ``start_step`` left by an interrupted run are dropped."""
@@ -284,9 +288,10 @@ class Metrics:
         """Write the window's averages at ``step`` (number of completed steps) and start anew."""
         if self.enabled and (self.ok or self.skipped):
             n = max(self.ok, 1)
-            record: dict[str, float | int] = {
-                "step": step, "loss": self.loss / n, "lr": lr, "grad_norm": self.grad_norm / n,
-                "images_per_s": self.images / max(self.seconds, 1e-9), "skipped": self.skipped}
+            fields = (step, lr, self.grad_norm / n, self.images / max(self.seconds, 1e-9),
+                      self.skipped)
+            record: dict[str, float | int] = {"loss": self.loss / n,
+                                              **dict(zip(RECORD_FIELDS, fields, strict=True))}
             for key, total in self.parts.items():  # a "loss" stat keeps the global mean
                 record.setdefault(key, float(total) / n)
             with open(self.path, "a") as f:

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ambient.engine import RECORD_FIELDS
 from ambient.errors import AmbientError
 from ambient.evaluate.plots import plot_denoising, plot_excess_error, plot_points, plot_training
 from ambient.evaluate.report import Report
@@ -22,8 +23,6 @@ from ambient.evaluate.runs import RunMetrics
 from ambient.files import atomic_write_text
 from ambient.images import save_grid
 
-# metrics.jsonl fields that are not a loss or a loss term
-_NOT_LOSSES = frozenset({"step", "lr", "grad_norm", "images_per_s", "skipped"})
 _MODES = {"reference": "the clean data the samples are scored against",
           "full": "full sampling (to sigma = 0)",
           "truncated": "truncated sampling (stopped at sigma_n: E[x0 | x_sigma_n])"}
@@ -60,7 +59,7 @@ def read_training_log(run_dir: Path) -> dict[str, dict[float, float]]:
             raise AmbientError(f"{path}, line {number}: a record needs a 'step' field; fix: "
                                "delete the line (the training curve only)")
         for name, value in record.items():
-            if name not in _NOT_LOSSES and isinstance(value, int | float) and math.isfinite(value):
+            if name not in RECORD_FIELDS and isinstance(value, int | float) and math.isfinite(value):
                 curves.setdefault(name, {})[float(record["step"])] = float(value)
     return curves
 
