@@ -92,6 +92,31 @@ def test_load_array_non_finite_reports_count_and_first_index(tmp_path):
         load_array(tmp_path / "nan.npy")
 
 
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_training_data_non_finite_named_and_scanned_once(tmp_path, monkeypatch, corrupt):
+    """A training file with NaN fails at the dataset with the file, count and first index,
+    after one scan of the array (NoisyDataset checks it, load_array leaves it to it)."""
+    from ambient.data import arrays
+
+    x = np.zeros((5, 4), dtype=np.float32)
+    x[2, 3] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    scans = []
+    real = arrays.nonfinite
+    monkeypatch.setattr(arrays, "nonfinite", lambda t: scans.append(len(t)) or real(t))
+    with pytest.raises(AmbientError, match=_name(tmp_path / "nan.npy")
+                       + r": 1 non-finite.*index \(2, 3\) \(sample 2\)"):
+        resolve_dataset(str(tmp_path / "nan.npy"), 0.1, corrupt=corrupt)
+    assert scans == [5]
+
+
+def test_noisy_dataset_built_in_python_must_be_finite():
+    y = torch.zeros(3, 2)
+    y[1, 0] = float("inf")
+    with pytest.raises(AmbientError, match=r"my data: 1 non-finite.*\(sample 1\)"):
+        NoisyDataset(y, torch.full((3,), 0.1), None, "my data")
+
+
 def test_large_npy_is_mapped_copy_on_write(tmp_path, monkeypatch):
     """A float32 .npy over MAP_BYTES is memory-mapped: the tensor reads the file where used (a
     change made to the file shows), and writing to the tensor never touches the file."""

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 
 from ambient import checkpoint as ck
 from ambient.data import NoisyDataset
-from ambient.data.arrays import nonfinite
 from ambient.engine import EngineConfig, SampleFn, run_training, trainable_parameters
 from ambient.errors import AmbientError
 from ambient.graphs import GraphedInference
@@ -201,9 +200,6 @@ def train(cfg: TrainConfig, dataset: NoisyDataset, run_dir: Path, resume: bool =
         raise AmbientError(f"the data's noise level reaches sigma_n={top:g}, which must be below "
                            f"objective.sigma_max={obj.sigma_max:g} (the highest level the model "
                            "learns); fix: raise objective.sigma_max or check --sigma-n")
-    if nonfinite(dataset.y)[0]:
-        raise AmbientError(f"the data from {dataset.source} contains NaN or inf values; fix: "
-                           "clean or drop those samples")
     shape = dataset.sample_shape
     net = backbone_config(shape, **cfg.net)
     model = _build_model(shape, net, obj.sigma_data, cfg.engine.seed)

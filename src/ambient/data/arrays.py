@@ -21,15 +21,16 @@ _MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}  # how the files start (np.load's
 _SHAPES = "(N, D) vectors, (N, H, W) or (N, C, H, W) images"
 
 
-def load_array(path: str | Path) -> Tensor:
+def load_array(path: str | Path, finite: bool = True) -> Tensor:
     """Load an ``.npy`` / ``.npz`` file as float32 ``[N, D]`` or ``[N, C, H, W]``.
 
     A float32 ``.npy`` of :data:`MAP_BYTES` or more is memory-mapped copy-on-write: rows are read
     from disk when used and shared between the processes of a multi-GPU run, and nothing is
     ever written back to the file (do not rewrite the file while a run reads it).
     ``(N, H, W)`` gains a channel axis. An ``.npz`` must hold a single array or one named
-    ``x``, ``y`` or ``data``. Pickled (object) arrays are never loaded. Non-finite values,
-    unsupported shapes and dtypes raise :class:`AmbientError` naming the file and the fix."""
+    ``x``, ``y`` or ``data``. Pickled (object) arrays are never loaded. Non-finite values
+    (checked unless ``finite`` is False, for a caller that checks them itself), unsupported
+    shapes and dtypes raise :class:`AmbientError` naming the file and the fix."""
     path = Path(path)
     if not path.is_file():
         raise AmbientError(f"{path}: no such file (expected a .npy or .npz array)")
@@ -46,7 +47,8 @@ def load_array(path: str | Path) -> Tensor:
         )
     x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     x = _check_shape(x, path)
-    _check_finite(x, path)
+    if finite:
+        check_finite(x, path)
     return x
 
 
@@ -137,12 +139,12 @@ def nonfinite(x: Tensor) -> tuple[int, tuple[int, ...] | None]:
     return count, first
 
 
-def _check_finite(x: Tensor, path: Path) -> None:
-    """Raise naming the number of NaN/Inf values and the index of the first one."""
+def check_finite(x: Tensor, source: str | Path) -> None:
+    """Raise naming ``source``, the number of NaN/Inf values and the index of the first one."""
     count, first = nonfinite(x)
     if first is not None:
         raise AmbientError(
-            f"{path}: {count} non-finite value(s) (NaN or Inf); the first is at index {first} "
+            f"{source}: {count} non-finite value(s) (NaN or Inf); the first is at index {first} "
             f"(sample {first[0]}). Fix or drop those samples, e.g. "
             "x = x[np.isfinite(x).reshape(len(x), -1).all(axis=1)]"
         )

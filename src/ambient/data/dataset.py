@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ambient.data.arrays import ARRAY_SUFFIXES, load_array, warn_image_range
+from ambient.data.arrays import ARRAY_SUFFIXES, check_finite, load_array, warn_image_range
 from ambient.data.digits import load_digits
 from ambient.data.gmm import GaussianMixture
 from ambient.data.images import FORMATS, OnBad, load_image_folder
@@ -38,7 +38,8 @@ GMM_DEFAULTS: dict[str, int | float] = {
 
 @dataclass
 class NoisyDataset:
-    """Observations for training and what is known about them."""
+    """Observations for training and what is known about them. ``y`` must be finite: a NaN or
+    Inf raises :class:`AmbientError` naming ``source`` and the first bad index."""
 
     y: Tensor  # [N, ...] float32 observations used for training (noisy)
     sigma_n: Tensor  # [N] float32 VE noise level of each sample (0 = clean sample)
@@ -52,6 +53,7 @@ class NoisyDataset:
         if self.clean is not None and self.clean.shape != self.y.shape:
             raise ValueError(f"clean must have the shape of y {list(self.y.shape)}, got "
                              f"{list(self.clean.shape)}")
+        check_finite(self.y, self.source)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -263,7 +265,7 @@ def _load_path(path: Path, on_bad: OnBad) -> Tensor:
     if path.suffix.lower() not in ARRAY_SUFFIXES:
         raise AmbientError(f"--data {path}: unsupported file type {path.suffix!r}. "
                            f"{_accepted_kinds()}")
-    return load_array(path)
+    return load_array(path, finite=False)  # NoisyDataset checks what it is built from
 
 
 def resolve_dataset(data: str, sigma_n: str | float | None, corrupt: bool = False,
