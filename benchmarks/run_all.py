@@ -1,6 +1,6 @@
 """Run every benchmark and assemble benchmarks/RESULTS.md from their outputs.
 
-    python benchmarks/run_all.py              # all benchmarks (about 6 h on 2 CPU cores)
+    python benchmarks/run_all.py              # all benchmarks (about 13 h on 2 CPU cores)
     python benchmarks/run_all.py --quick      # smoke versions into a temp folder (minutes;
                                               # pages differing only in --steps / --seeds once)
     python benchmarks/run_all.py --assemble   # only rebuild RESULTS.md from benchmarks/results/
@@ -103,6 +103,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "training points (131072), eight seeds at 16 times the training budget (24000 steps): the "
      "default vs the clean-data oracle trained as long",
      ["consistency_seeds.py", "--steps", "24000", "--seeds", *map(str, range(8)), "--sigmas",
+      "0.15", "--candidates", "default", "--points", "131072"]),
+    ("consistency_points_seeds_96k.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the "
+     "training points (131072), four seeds at 64 times the training budget (96000 steps): the "
+     "default vs the clean-data oracle trained as long",
+     ["consistency_seeds.py", "--steps", "96000", "--seeds", *map(str, range(4)), "--sigmas",
       "0.15", "--candidates", "default", "--points", "131072"]),
     ("consistency_points_sure.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
      "points (131072), five seeds: a SURE term at sigma_n on a quarter of the rows besides the "
@@ -237,9 +242,9 @@ JOBS = [
     ("consistency_bands.md", False),
     ("consistency_bridge.md", False),
     *[(f"{name}.md", True)
-      for name in ("consistency", "consistency_seeds", "consistency_budget", "consistency_long",
-                   "consistency_points_seeds_long", "consistency_points_seeds",
-                   "consistency_points_sure",
+      for name in ("consistency_points_seeds_96k", "consistency", "consistency_seeds",
+                   "consistency_budget", "consistency_long", "consistency_points_seeds_long",
+                   "consistency_points_seeds", "consistency_points_sure",
                    "consistency_points_steps",
                    "consistency_points_net",
                    "consistency_cap1_budget",
