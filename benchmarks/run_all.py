@@ -109,6 +109,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "default vs the clean-data oracle trained as long",
      ["consistency_seeds.py", "--steps", "96000", "--seeds", *map(str, range(4)), "--sigmas",
       "0.15", "--candidates", "default", "--points", "131072"]),
+    ("consistency_points_sigma02.md", "Gaussian mixture at sigma_n = 0.2 with 8 times the training "
+     "points (131072), four seeds: the default and the extrapolated refit (beta 1, draws behind "
+     "for half the rows) vs no consistency at four times the training budget",
+     ["consistency_seeds.py", "--steps", "6000", "--seeds", *map(str, range(4)), "--sigmas",
+      "0.2", "--candidates", "none", "default", "extrapolate-1-share-0.5", "--points", "131072"]),
     ("consistency_points_sure.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
      "points (131072), five seeds: a SURE term at sigma_n on a quarter of the rows besides the "
      "default consistency, against the default, at four times the training budget",
@@ -244,7 +249,8 @@ JOBS = [
     *[(f"{name}.md", True)
       for name in ("consistency_points_seeds_96k", "consistency", "consistency_seeds",
                    "consistency_budget", "consistency_long", "consistency_points_seeds_long",
-                   "consistency_points_seeds", "consistency_points_sure",
+                   "consistency_points_seeds", "consistency_points_sigma02",
+                   "consistency_points_sure",
                    "consistency_points_steps",
                    "consistency_points_net",
                    "consistency_cap1_budget",
