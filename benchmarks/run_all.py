@@ -115,6 +115,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "vs the clean-data oracle trained as long",
      ["consistency_seeds.py", "--steps", "24000", "--seeds", *map(str, range(4)), "--sigmas",
       "0.15", "--candidates", "24-steps", "8-steps-sigma-min-0.005", "--points", "131072"]),
+    ("consistency_points_sigma_min_long.md", "Gaussian mixture at sigma_n = 0.15 with 8 times "
+     "the training points (131072), seeds 4 to 7 at 16 times the training budget (24000 steps): "
+     "the own-sample ODE in 8 steps to sigma 0.005 vs the clean-data oracle trained as long",
+     ["consistency_seeds.py", "--steps", "24000", "--seeds", *map(str, range(4, 8)),
+      "--sigmas", "0.15", "--candidates", "8-steps-sigma-min-0.005", "--points", "131072"]),
     ("consistency_points_sigma02.md", "Gaussian mixture at sigma_n = 0.2 with 8 times the training "
      "points (131072), four seeds: the default and the extrapolated refit (beta 1, draws behind "
      "for half the rows) vs no consistency at four times the training budget",
@@ -256,6 +261,7 @@ JOBS = [
       for name in ("consistency_points_seeds_96k", "consistency", "consistency_seeds",
                    "consistency_budget", "consistency_long", "consistency_points_seeds_long",
                    "consistency_points_seeds", "consistency_points_steps_long",
+                   "consistency_points_sigma_min_long",
                    "consistency_points_sigma02",
                    "consistency_points_sure",
                    "consistency_points_steps",
