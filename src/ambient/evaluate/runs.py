@@ -81,9 +81,9 @@ def evaluate_run(
         g = torch.Generator().manual_seed(seed + 1)
         floor = sw_noise_floor(gmm, num, generator=g)
         cov_floor = covariance_noise_floor(gmm, num, generator=g)
+        metrics.reference = gmm.sample(num, generator=g)  # one reference set for every mode
         for mode, drawn in metrics.drawn.items():
             cov = component_covariance_error(drawn, gmm)
-            metrics.reference = gmm.sample(num, generator=g)
             metrics.samples[mode] = {
                 "sliced_wasserstein": sliced_wasserstein(drawn, metrics.reference, generator=g),
                 "sw_noise_floor": floor, "covariance_error": cov.error,
