@@ -67,6 +67,8 @@ CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
               "behind for a quarter of the rows",
               "extrapolate-1-share-0.5": "  own samples, extrapolated refit (beta 1), draws "
               "behind for half the rows",
+              "8-steps-sigma-min-0.005-share-0.5": "  own samples, 8 ODE steps to sigma 0.005, "
+              "draws behind for half the rows",
               "sure": "  own samples + SURE at sigma_n on a quarter of the rows",
               "weight-0.5": "  own samples, term weight 0.5",
               "weight-3": "  own samples, term weight 3"}

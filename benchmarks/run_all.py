@@ -1,6 +1,6 @@
 """Run every benchmark and assemble benchmarks/RESULTS.md from their outputs.
 
-    python benchmarks/run_all.py              # all benchmarks (about 14 h on 2 CPU cores)
+    python benchmarks/run_all.py              # all benchmarks (about 16 h on 2 CPU cores)
     python benchmarks/run_all.py --quick      # smoke versions into a temp folder (minutes;
                                               # pages differing only in --steps / --seeds once)
     python benchmarks/run_all.py --assemble   # only rebuild RESULTS.md from benchmarks/results/
@@ -56,7 +56,7 @@ DIGITS_6000 = [
     ("_share", ["ambient_no_consistency", "ambient_extrapolated_share_05"],
      ": the extrapolated refit (beta 1) with draws behind for half the default's rows", (0, 1, 2)),
     ("_8_steps_sigma_min", ["ambient_no_consistency", "ambient_8_steps_sigma_min_0005"],
-     ": the own-sample ODE in 8 steps to sigma 0.005 (the default: 6 steps to 0.002)", (0,))]
+     ": the own-sample ODE in 8 steps to sigma 0.005 (the default: 6 steps to 0.002)", (0, 1, 2))]
 
 SECTIONS = [  # (results page, title, the command that writes it: script and arguments)
     ("consistency_frontier.md", "The consistency options at a glance: step cost against "
@@ -110,21 +110,18 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["consistency_seeds.py", "--steps", "96000", "--seeds", *map(str, range(4)), "--sigmas",
       "0.15", "--candidates", "default", "--points", "131072"]),
     ("consistency_points_steps_long.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the "
-     "training points (131072), four seeds at 16 times the training budget (24000 steps): the "
+     "training points (131072), eight seeds at 16 times the training budget (24000 steps): the "
      "own-sample ODE in 24 steps, and in 8 steps to sigma 0.005 (the default: 6 steps to 0.002), "
      "vs the clean-data oracle trained as long",
-     ["consistency_seeds.py", "--steps", "24000", "--seeds", *map(str, range(4)), "--sigmas",
+     ["consistency_seeds.py", "--steps", "24000", "--seeds", *map(str, range(8)), "--sigmas",
       "0.15", "--candidates", "24-steps", "8-steps-sigma-min-0.005", "--points", "131072"]),
-    ("consistency_points_sigma_min_long.md", "Gaussian mixture at sigma_n = 0.15 with 8 times "
-     "the training points (131072), seeds 4 to 7 at 16 times the training budget (24000 steps): "
-     "the own-sample ODE in 8 steps to sigma 0.005 vs the clean-data oracle trained as long",
-     ["consistency_seeds.py", "--steps", "24000", "--seeds", *map(str, range(4, 8)),
-      "--sigmas", "0.15", "--candidates", "8-steps-sigma-min-0.005", "--points", "131072"]),
     ("consistency_points_sigma02.md", "Gaussian mixture at sigma_n = 0.2 with 8 times the training "
-     "points (131072), four seeds: the default and the extrapolated refit (beta 1, draws behind "
-     "for half the rows) vs no consistency at four times the training budget",
+     "points (131072), four seeds: the default, the extrapolated refit (beta 1, draws behind "
+     "for half the rows), the own-sample ODE in 8 steps to sigma 0.005, and both together, vs no "
+     "consistency at four times the training budget",
      ["consistency_seeds.py", "--steps", "6000", "--seeds", *map(str, range(4)), "--sigmas",
-      "0.2", "--candidates", "none", "default", "extrapolate-1-share-0.5", "--points", "131072"]),
+      "0.2", "--candidates", "none", "default", "extrapolate-1-share-0.5",
+      "8-steps-sigma-min-0.005", "8-steps-sigma-min-0.005-share-0.5", "--points", "131072"]),
     ("consistency_points_sure.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
      "points (131072), five seeds: a SURE term at sigma_n on a quarter of the rows besides the "
      "default consistency, against the default, at four times the training budget",
@@ -139,14 +136,15 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "(131072): the own-sample ODE, 6 steps to sigma 0.002 (the default) vs 8, 12 and 24 steps, "
      "vs 6 and 8 steps to 0.005 and 12 steps on half the rows, and the extrapolated refit (beta "
      "1, on the default's rows, on half and on three quarters of them, and with draws behind for "
-     "a quarter or half of the default's rows), a SURE term at sigma_n besides the default, and "
-     "the term's weight 0.5 and 3 instead of 1, at four times the training budget",
+     "a quarter or half of the default's rows, and with 8 steps to 0.005 as well), a SURE term at "
+     "sigma_n besides the default, and the term's weight 0.5 and 3 instead of 1, at four times "
+     "the training budget",
      ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "8-steps",
       "12-steps", "24-steps", "sigma-min-0.005", "8-steps-sigma-min-0.005",
       "fraction-0.125-12-steps", "extrapolate-1",
       "extrapolate-1-fraction-0.125", "extrapolate-1-fraction-0.1875", "extrapolate-1-share-0.25",
-      "extrapolate-1-share-0.5", "sure", "weight-0.5", "weight-3",
-      "--points", "131072"]),
+      "extrapolate-1-share-0.5", "8-steps-sigma-min-0.005-share-0.5", "sure", "weight-0.5",
+      "weight-3", "--points", "131072"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
     ("exact_teacher_0.15.md", "Diagnostic: consistency with an exact teacher above sigma_n = "
@@ -261,7 +259,6 @@ JOBS = [
       for name in ("consistency_points_seeds_96k", "consistency", "consistency_seeds",
                    "consistency_budget", "consistency_long", "consistency_points_seeds_long",
                    "consistency_points_seeds", "consistency_points_steps_long",
-                   "consistency_points_sigma_min_long",
                    "consistency_points_sigma02",
                    "consistency_points_sure",
                    "consistency_points_steps",
