@@ -106,7 +106,17 @@ def test_other_images_need_a_choice_of_features():
     assert default_features({"sample_shape": [5]}) == "pixels"
 
 
-def test_corrupt_builtin_warm_start_and_evaluate(tmp_path, capsys):
+def test_corrupt_builtin_warm_start_and_evaluate(tmp_path, capsys, monkeypatch):
+    import ambient.evaluate.runs as runs
+
+    references = []  # every sampling mode is scored against one and the same reference set
+
+    def recording_sw(drawn, reference, **kwargs):
+        references.append(reference)
+        return sliced_wasserstein(drawn, reference, **kwargs)
+
+    sliced_wasserstein = runs.sliced_wasserstein
+    monkeypatch.setattr(runs, "sliced_wasserstein", recording_sw)
     first = tmp_path / "first"
     code, _, err = _run(capsys, "train", "--data", "gmm:n=128", "--sigma-n", "0.3", "--out",
                         str(first), "--consistency-weight", "0", *TINY)
@@ -127,6 +137,7 @@ def test_corrupt_builtin_warm_start_and_evaluate(tmp_path, capsys):
     assert "denoising.png" not in report  # mixtures: the exact excess error instead
     assert (tmp_path / "report" / "report.html").is_file()
     assert set(metrics["samples"]) == {"full", "truncated"}
+    assert len(references) == 2 and references[0] is references[1]
     for scores in metrics["samples"].values():  # 6 training steps: far above what exact draws score
         assert 0 < scores["covariance_noise_floor"] < scores["covariance_error"]
         assert 0 < scores["sw_noise_floor"] < scores["sliced_wasserstein"]
