@@ -1,6 +1,6 @@
 """Run every benchmark and assemble benchmarks/RESULTS.md from their outputs.
 
-    python benchmarks/run_all.py              # all benchmarks (about 16 h on 2 CPU cores)
+    python benchmarks/run_all.py              # all benchmarks (about 17 h on 2 CPU cores)
     python benchmarks/run_all.py --quick      # smoke versions into a temp folder (minutes;
                                               # pages differing only in --steps / --seeds once)
     python benchmarks/run_all.py --assemble   # only rebuild RESULTS.md from benchmarks/results/
@@ -112,9 +112,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
     ("consistency_points_steps_long.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the "
      "training points (131072), eight seeds at 16 times the training budget (24000 steps): the "
      "own-sample ODE in 24 steps, and in 8 steps to sigma 0.005 (the default: 6 steps to 0.002), "
-     "vs the clean-data oracle trained as long",
+     "and the extrapolated refit (beta 1, draws behind for half the rows) vs the clean-data "
+     "oracle trained as long",
      ["consistency_seeds.py", "--steps", "24000", "--seeds", *map(str, range(8)), "--sigmas",
-      "0.15", "--candidates", "24-steps", "8-steps-sigma-min-0.005", "--points", "131072"]),
+      "0.15", "--candidates", "24-steps", "8-steps-sigma-min-0.005", "extrapolate-1-share-0.5",
+      "--points", "131072"]),
     ("consistency_points_sigma02.md", "Gaussian mixture at sigma_n = 0.2 with 8 times the training "
      "points (131072), four seeds: the default, the extrapolated refit (beta 1, draws behind "
      "for half the rows), the own-sample ODE in 8 steps to sigma 0.005, and both together, vs no "
