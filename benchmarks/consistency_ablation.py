@@ -41,6 +41,7 @@ from ambient.files import atomic_write_text
 from ambient.generate import generate
 from ambient.objective import ObjectiveConfig
 from ambient.train import load_run, train
+from pages import page
 
 POINTS = 16384  # training points of the mixture (the seeds and exact-teacher pages: --points)
 _GMM_NET = default_train_config("gmm").net
@@ -349,7 +350,7 @@ def plan_for(quick: bool) -> list[tuple[str, float]]:
             + [(v, SIGMAS[0]) for v in VARIANTS if v not in MAIN])
 
 
-def add_shard_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+def add_shard_arguments(parser: argparse.ArgumentParser, out: Path) -> None:
     """The options of a sharded mixture benchmark: --quick, --steps, --shard, --out, --assemble."""
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps")
     parser.add_argument("--steps", type=int, default=None)
@@ -364,7 +365,7 @@ def add_shard_arguments(parser: argparse.ArgumentParser, out: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_shard_arguments(parser, "benchmarks/results/consistency.md")
+    add_shard_arguments(parser, page("consistency.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     steps = args.steps or (QUICK_STEPS if args.quick else 1500)

@@ -38,6 +38,7 @@ from consistency_ablation import (
     train_variant,
 )
 from digits_benchmark import mean_sd
+from pages import page
 
 SIGMA_N = 0.15
 POINTS = 131072  # 8x the ablation's, as on the eight-seed and frontier pages
@@ -114,7 +115,7 @@ def summary(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     return out
 
 
-def seed_arguments(argv: list[str] | None, doc: str, out: str, quick: str = ""
+def seed_arguments(argv: list[str] | None, doc: str, out: Path, quick: str = ""
                    ) -> tuple[argparse.Namespace, int, list[int]]:
     """The command line of a page trained on SEEDS for STEPS (``--quick``: QUICK_STEPS, the first
     seed; ``quick``: what else a smoke run cuts, for its help), one CPU thread: the parsed
@@ -132,7 +133,7 @@ def seed_arguments(argv: list[str] | None, doc: str, out: str, quick: str = ""
 
 def main(argv: list[str] | None = None) -> Path:
     args, steps, seeds = seed_arguments(argv, __doc__,
-                                        "benchmarks/results/consistency_bands.md")
+                                        page("consistency_bands.md"))
     start = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

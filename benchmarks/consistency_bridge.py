@@ -45,6 +45,7 @@ from consistency_ablation import GMM, gmm_spec, sampler_steps
 from consistency_bands import POINTS, SIGMA_N, oracle_and_default, seed_arguments
 from consistency_exact_teacher import ExactAbove
 from digits_benchmark import mean_sd
+from pages import page
 
 DRAWS = 200000  # samples per model; the covariance error reads the first COV_DRAWS
 COV_DRAWS = 40000
@@ -134,7 +135,7 @@ def summary(rows: list[dict[str, object]]) -> list[dict[str, object]]:
 
 def main(argv: list[str] | None = None) -> Path:
     args, steps, seeds = seed_arguments(argv, __doc__,
-                                        "benchmarks/results/consistency_bridge.md",
+                                        page("consistency_bridge.md"),
                                         f", {QUICK_DRAWS} draws")
     draws = QUICK_DRAWS if args.quick else DRAWS
     start = time.perf_counter()

@@ -45,6 +45,7 @@ from consistency_ablation import (
     gmm_spec,
     sampler_steps,
 )
+from pages import page
 
 
 class ExactAbove(nn.Module):
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> Path:
                         help="training steps of the rows (the two-draw rows: the first)")
     parser.add_argument("--points", type=int, default=POINTS,
                         help=f"training points of the mixture (default {POINTS})")
-    parser.add_argument("--out", default="benchmarks/results/exact_teacher.md")
+    parser.add_argument("--out", default=page("exact_teacher.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     budgets = [QUICK_STEPS] if args.quick else args.budgets

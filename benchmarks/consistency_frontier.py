@@ -33,6 +33,7 @@ from ambient.files import atomic_write_text
 from consistency_ablation import MAIN, deconvolution_reference, read_rows
 from consistency_seeds import BASELINE, CANDIDATES
 from digits_benchmark import mean_sd
+from pages import page
 
 COST_TARGET, COV_TARGET, EXCESS_TARGET = 2.5, 1.25, 0.5
 POINTS_PAGE = "consistency_points_steps.md"  # its rows: the options at 8x the points
@@ -197,7 +198,7 @@ def write(results: Path, out: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/consistency_frontier.md")
+    parser.add_argument("--out", default=page("consistency_frontier.md"))
     args = parser.parse_args()
     out = Path(args.out)
     print(write(out.parent, out))

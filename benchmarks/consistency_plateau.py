@@ -25,6 +25,7 @@ from ambient.defaults import default_train_config, defaults_summary
 from ambient.evaluate.report import Report, command_line
 from consistency_ablation import GMM, MAIN, QUICK_STEPS, run_variant, sampler_steps
 from consistency_exact_teacher import run
+from pages import page
 
 SIGMA_N = 0.15
 LOW_LR = 5e-4
@@ -56,7 +57,7 @@ def plateau_row(model: str, lr: float | None, ode_steps: int | None, steps: int,
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps")
-    parser.add_argument("--out", default="benchmarks/results/consistency_plateau.md")
+    parser.add_argument("--out", default=page("consistency_plateau.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     steps = QUICK_STEPS if args.quick else 6000

@@ -54,6 +54,7 @@ from ambient.noise import add_noise_ve
 from ambient.objective import log_uniform
 from consistency_ablation import GMM, QUICK_STEPS, VARIANTS, run_variant, sampler_steps
 from digits_benchmark import mean_sd
+from pages import page
 
 SIGMA_N = 0.3
 LIFT = DEFAULT_CONSISTENCY.lift  # the default's draws start at LIFT * sigma_n
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps")
     parser.add_argument("--out", type=Path,
-                        default=Path("benchmarks/results/consistency_probes.md"))
+                        default=page("consistency_probes.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     steps = QUICK_STEPS if args.quick else 1500

@@ -38,6 +38,7 @@ from consistency_ablation import (
     sampler_steps,
 )
 from digits_benchmark import mean_sd
+from pages import page
 
 NO_CONSISTENCY, DEFAULT = MAIN[2], MAIN[3]
 CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
@@ -151,7 +152,7 @@ def write(rows: list[dict[str, object]], steps: int, seeds: list[int], out: Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_shard_arguments(parser, "benchmarks/results/consistency_seeds.md")
+    add_shard_arguments(parser, page("consistency_seeds.md"))
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--sigmas", type=float, nargs="+", default=None,
                         help=f"data noise levels (default: the ablation's {list(SIGMAS)})")

@@ -47,6 +47,7 @@ from digits_benchmark import (
     pixel_spread,
     train_config,
 )
+from pages import page
 
 SIGMA_N = 0.2
 SNAP, BAND = -0.85, (-0.95, -0.8)
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer steps and samples")
     parser.add_argument("--out", type=Path,
-                        default=Path("benchmarks/results/digits_background.md"))
+                        default=page("digits_background.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     steps, num, sampler_steps, batch = (

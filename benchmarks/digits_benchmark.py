@@ -40,6 +40,7 @@ from ambient.evaluate.runs import DENOISING_LEVELS, evaluate_run
 from ambient.images import save_grid
 from ambient.train import TrainConfig, load_run, train
 from consistency_ablation import PAIRS, PREVIOUS, QUICK_SAMPLER_STEPS, VARIANTS
+from pages import page
 
 SIGMAS = (0.1, 0.2, 0.4)
 STEPS, QUICK_STEPS = {"mlp": 4000, "unet": 1500}, 20  # training steps per model, by network
@@ -445,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                         default=list(DEFAULT_METHODS), help="methods besides the clean oracle")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="training and sampling seeds of every model (--quick: the first)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/digits.md"))
+    parser.add_argument("--out", type=Path, default=page("digits.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     # --quick (the smoke run) overrides the budget given by --steps / --num

@@ -50,6 +50,7 @@ from ambient.objective import ConsistencyConfig
 from ambient.train import load_run, train
 from digits_background import BAND, background_share
 from digits_benchmark import METHODS, QUICK_BATCH, QUICK_STEPS, STEPS, Method, train_config
+from pages import page
 
 SIGMA_N = 0.2
 # checkpoints scored per run (evenly spaced), Hutchinson probes per SURE figure, and the
@@ -143,7 +144,7 @@ def plots(rows: list[dict[str, object]], folder: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: a few steps")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/digits_sure_fit.md"))
+    parser.add_argument("--out", type=Path, default=page("digits_sure_fit.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     steps, batch = (QUICK_STEPS, QUICK_BATCH) if args.quick else (STEPS["unet"], None)

@@ -45,6 +45,7 @@ from ambient.latent.finetune import (
     paper_engine_config,
     weight_dtype,
 )
+from pages import page
 
 # SDXL base 1.0 (unet/, vae/, text_encoder/, text_encoder_2/ configs) and a tiny stand-in.
 SDXL = {
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> Path:
                         help="also time one no-grad UNet forward at these batch sizes")
     parser.add_argument("--forward-only", action="store_true",
                         help="only the no-grad forward timing (no fine-tuning, no sampling)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latent_gpu.md"))
+    parser.add_argument("--out", type=Path, default=page("latent_gpu.md"))
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:

@@ -46,6 +46,7 @@ from ambient.evaluate.report import Report, command_line
 from ambient.noise import alphas_cumprod_scaled_linear, ve_sigma_from_timestep
 from ambient.samplers import Denoiser
 from ambient.train import load_run, train
+from pages import page
 
 NUM_TRAIN = 300  # training images (the first ones of load_digits("train"))
 STEPS, QUICK_STEPS = 6000, 100  # training steps per model
@@ -318,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                         help="noise levels of the noisy-trained models")
     parser.add_argument("--train-size", type=int, default=NUM_TRAIN,
                         help="number of training images")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/memorization.md"))
+    parser.add_argument("--out", type=Path, default=page("memorization.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)

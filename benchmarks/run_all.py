@@ -25,10 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ambient.defaults import defaults_summary, states_current_defaults
+from pages import RESULTS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-RESULTS = HERE / "results"
 BUDGET = ["--steps", "6000", "--seeds", "0", "1", "--sigmas", "0.15", "0.3"]  # 4x, two seeds
 
 

@@ -30,6 +30,7 @@ from ambient.losses import RefitMemory
 from ambient.nets import build_denoiser
 from ambient.objective import ObjectiveConfig, training_loss
 from consistency_ablation import VARIANTS, variant_objective
+from pages import page
 
 OBJECTIVES = {  # the plain objectives, then every option of the consistency ablation
     "DSM": ObjectiveConfig(method="dsm"),
@@ -79,7 +80,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--out", default="benchmarks/results/step_cost.md")
+    parser.add_argument("--out", default=page("step_cost.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -3,6 +3,7 @@ each writes its page with the expected rows and figures, and RESULTS.md collects
 
 from __future__ import annotations
 
+import ast
 import importlib
 import math
 from pathlib import Path
@@ -13,6 +14,35 @@ import torch
 from ambient.defaults import DEFAULT_CONSISTENCY, default_train_config
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_default_pages_do_not_depend_on_the_working_directory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every benchmark's default ``--out`` is ``pages.page(NAME)``, ``benchmarks/results/`` of
+    this checkout: a default relative to the working directory (``"benchmarks/results/..."``)
+    wrote the pages of a script run from inside ``benchmarks/`` into
+    ``benchmarks/benchmarks/results/``."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    pages = importlib.import_module("pages")
+    assert pages.page("x.md") == BENCHMARKS / "results" / "x.md"
+    where = {"add_shard_arguments": 1, "seed_arguments": 2}  # the position of their default page
+    defaults = []
+    for script in sorted(BENCHMARKS.glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert not node.value.startswith("benchmarks/results/"), (script.name, node.value)
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            if name == "add_argument" and ast.unparse(node.args[0]) == "'--out'":
+                defaults += [(script.name, ast.unparse(k.value)) for k in node.keywords
+                             if k.arg == "default"]
+            elif name in where and len(node.args) > where[name]:
+                defaults.append((script.name, ast.unparse(node.args[where[name]])))
+    passed_on = {("consistency_ablation.py", "out"), ("consistency_bands.py", "out")}
+    assert len(defaults) >= 16
+    for script, default in defaults:
+        assert default.startswith("page(") or (script, default) in passed_on, (script, default)
 
 
 def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
