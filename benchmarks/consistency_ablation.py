@@ -116,6 +116,8 @@ VARIANTS = {  # name -> (method, data treated clean?, consistency overrides or N
     "  own samples, 8 ODE steps to sigma 0.005, draws behind for half the rows": (
         "ambient", False, {"substeps": 8, "sigma_min": 0.005, "extrapolate": 1.0,
                            "extrapolate_share": 0.5}, {}),
+    "  own samples, draws stopped at half the level, ambient loss from there": (
+        "ambient", False, {"stop": 0.5}, {}),
     "  own samples, paper weighting (cap 1)": ("ambient", False, {}, {"weight_cap": 1.0}),
     "  own samples + SURE at sigma_n on a quarter of the rows": ("ambient", False, {},
                                                                  {"sure_weight": 1.0}),

@@ -70,6 +70,8 @@ CANDIDATES = {"none": NO_CONSISTENCY, "default": DEFAULT,
               "behind for half the rows",
               "8-steps-sigma-min-0.005-share-0.5": "  own samples, 8 ODE steps to sigma 0.005, "
               "draws behind for half the rows",
+              "stop-0.5": "  own samples, draws stopped at half the level, ambient loss from "
+              "there",
               "sure": "  own samples + SURE at sigma_n on a quarter of the rows",
               "weight-0.5": "  own samples, term weight 0.5",
               "weight-3": "  own samples, term weight 3"}

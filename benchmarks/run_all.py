@@ -119,11 +119,12 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
       "--points", "131072"]),
     ("consistency_points_sigma02.md", "Gaussian mixture at sigma_n = 0.2 with 8 times the training "
      "points (131072), four seeds: the default, the extrapolated refit (beta 1, draws behind "
-     "for half the rows), the own-sample ODE in 8 steps to sigma 0.005, and both together, vs no "
-     "consistency at four times the training budget",
+     "for half the rows), the own-sample ODE in 8 steps to sigma 0.005, both together, and draws "
+     "stopped at half the level, vs no consistency at four times the training budget",
      ["consistency_seeds.py", "--steps", "6000", "--seeds", *map(str, range(4)), "--sigmas",
       "0.2", "--candidates", "none", "default", "extrapolate-1-share-0.5",
-      "8-steps-sigma-min-0.005", "8-steps-sigma-min-0.005-share-0.5", "--points", "131072"]),
+      "8-steps-sigma-min-0.005", "8-steps-sigma-min-0.005-share-0.5", "stop-0.5", "--points",
+      "131072"]),
     ("consistency_points_sure.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
      "points (131072), five seeds: a SURE term at sigma_n on a quarter of the rows besides the "
      "default consistency, against the default, at four times the training budget",
@@ -139,14 +140,14 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "vs 6 and 8 steps to 0.005 and 12 steps on half the rows, and the extrapolated refit (beta "
      "1, on the default's rows, on half and on three quarters of them, and with draws behind for "
      "a quarter or half of the default's rows, and with 8 steps to 0.005 as well), a SURE term at "
-     "sigma_n besides the default, and the term's weight 0.5 and 3 instead of 1, at four times "
-     "the training budget",
+     "sigma_n besides the default, the term's weight 0.5 and 3 instead of 1, and draws stopped at "
+     "half the level (the ambient loss from there), at four times the training budget",
      ["consistency_seeds.py", *BUDGET, "--candidates", "none", "default", "8-steps",
       "12-steps", "24-steps", "sigma-min-0.005", "8-steps-sigma-min-0.005",
       "fraction-0.125-12-steps", "extrapolate-1",
       "extrapolate-1-fraction-0.125", "extrapolate-1-fraction-0.1875", "extrapolate-1-share-0.25",
       "extrapolate-1-share-0.5", "8-steps-sigma-min-0.005-share-0.5", "sure", "weight-0.5",
-      "weight-3", "--points", "131072"]),
+      "weight-3", "stop-0.5", "--points", "131072"]),
     ("exact_teacher.md", "Diagnostic: consistency with an exact teacher above sigma_n",
      ["consistency_exact_teacher.py"]),
     ("exact_teacher_0.15.md", "Diagnostic: consistency with an exact teacher above sigma_n = "

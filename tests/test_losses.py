@@ -432,6 +432,52 @@ def test_extrapolated_refit_minimiser_is_the_signed_laws_denoiser(beta, kept, sh
     assert (u - v) / (w - v) == pytest.approx(rho * (1 - beta * (1 - rho)), abs=0.01)
 
 
+
+@pytest.mark.parametrize("stop", [0.0, 0.5, 0.8])
+def test_draws_stopped_above_zero_train_the_refit_with_a_smaller_gain(stop):
+    """own_sample_loss(stop=a) on N(0, v) data at s, with draws by a model exact for N(0, w):
+    the ODE ends at sigma'' = a sigma', where the draws have variance
+    ``W = (v + s^2)(w + sigma''^2) / (w + s^2)``, and over linear denoisers ``g x`` at sigma' the
+    ambient loss from sigma'' is minimised by the posterior mean of N(0, U), ``U = W -
+    sigma''^2``: the truth at w = v, and a refit moves the variance towards v by the factor
+    ``(s^2 - sigma''^2) / (v + s^2)`` (a = 0: ``s^2 / (v + s^2)``, the plain refit, whose loss
+    is DSM on the draws to 0)."""
+    v, s, sig, n = 0.01, 0.3, 0.2, 200_000
+    y = torch.randn(n, 1, generator=G(30), dtype=torch.float64)
+    y = (v + s**2) ** 0.5 * y / y.square().mean().sqrt()  # the data's second moment exactly
+    level = torch.full((n,), sig, dtype=torch.float64)
+    low = stop * sig
+    for w in (v, 2 * v):
+        def model(x: torch.Tensor, sg: torch.Tensor, g: float, w: float = w) -> torch.Tensor:
+            return g * x if torch.is_grad_enabled() else w / (w + sg[:, None] ** 2) * x
+
+        def loss_at(g: float) -> float:
+            return losses.own_sample_loss(lambda x, sg: model(x, sg, g), y, s, level, lift=1.0,
+                                          steps=16, generator=G(31), stop=stop).loss.mean().item()
+
+        f0, f1, f2 = (loss_at(g) for g in (0.0, 0.5, 1.0))  # exactly quadratic in g
+        best = 0.5 - (f2 - f0) / (4 * (f2 - 2 * f1 + f0))
+        u = (v + s**2) * (w + low**2) / (w + s**2) - low**2
+        assert best == pytest.approx(u / (u + sig**2), abs=3e-3)
+    w = 1.001 * v  # the refit's factor, to first order in w - v
+    u = (v + s**2) * (w + low**2) / (w + s**2) - low**2
+    assert (u - v) / (w - v) == pytest.approx((s**2 - low**2) / (v + s**2), abs=1e-3)
+    if stop == 0:  # the plain refit's loss: DSM on the draws to 0, as before the option
+        def exact(x: torch.Tensor, sg: torch.Tensor) -> torch.Tensor:
+            return model(x, sg, 0.3, v)
+
+        gen = G(31)
+        draws = losses.own_samples(exact, y, s, 1.0, 16, generator=gen)
+        eps = torch.randn(y.shape, generator=gen, dtype=y.dtype)
+        torch.testing.assert_close(
+            losses.own_sample_loss(exact, y, s, level, lift=1.0, steps=16, generator=G(31)).loss,
+            losses.dsm_loss(exact, draws, level, eps).loss, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="stop"):
+        losses.own_sample_loss(lambda x, sg: x, y[:4], s, level[:4], stop=1.0)
+    with pytest.raises(AmbientError, match="stop"):
+        ConsistencyConfig(stop=0.5, extrapolate=1.0).validate()
+
+
 def test_extrapolated_refit_with_memory_solves_once():
     """With a RefitMemory holding the last call's draws, the draws behind share one ODE solve
     with the new ones (steps + 1 calls without a graph on 2n rows, one with a graph), the memory

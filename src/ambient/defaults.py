@@ -54,6 +54,10 @@ from ambient.train import TrainConfig
 # 0.3 (1.24 vs 1.86, two seeds; consistency_points_steps.md): the leading candidate for the
 # default, not switched because switching means rerunning every page that trains the default
 # (the digits pages at 6000 steps above all), which has not been done.
+# Draws stopped at half the level with the ambient loss from there (stop=0.5, the default's
+# calls) amplify the fit error less but train on a noisier target: better at 0.3 (1.44 vs 1.86,
+# two seeds), worse at 0.15 (0.260 vs 0.199, two seeds) and 0.2 (0.649 vs 0.586, four seeds;
+# consistency_points_sigma02.md), so stop stays 0.
 DEFAULT_CONSISTENCY = ConsistencyConfig(weight=1.0, fraction=0.25, start="data", target="samples",
                                         substeps=6, lift=1.0, schedule="geometric", warmup=0.5,
                                         levels="log-normal")

@@ -283,6 +283,7 @@ def own_samples(
     generator: torch.Generator | None = None,
     rho: float = math.inf,
     eta: float = 0.0,
+    stop: Tensor | None = None,
 ) -> Tensor:
     """The model's own draws from the data, the targets of :func:`own_sample_loss` (no graph):
 
@@ -296,16 +297,22 @@ def own_samples(
     ``eta > 0`` replaces the ODE by the solver's stochastic steps (``eta = 1``: the reverse SDE,
     posterior sampling of ``x0`` given the lifted data; see
     :func:`ambient.samplers.sample_multistep`).
-    ``steps + 1`` forward evaluations (``y`` and ``sigma_n`` per sample)."""
+    ``stop`` (per-sample levels in ``(0, lift * s)``): the draws end at ``x_stop`` instead, after
+    ``steps + 1`` steps of the same schedule shape from ``lift * s`` to ``stop`` (the schedule is
+    homogeneous in its ends, so it is ``stop * edm_sigmas(steps + 2, 1, lift * s / stop, rho)``
+    without its final 0). ``steps + 1`` forward evaluations (``y`` and ``sigma_n`` per sample)."""
     if lift < 1:
         raise ValueError(f"lift must be >= 1 (the draws start at or above sigma_n), got {lift}")
     s = as_levels(sigma_n, y)
+    if stop is None:
+        sigmas = edm_sigmas(steps + 1, sigma_min, lift * s, rho)
+    else:
+        end = as_levels(stop, y).to(torch.float64)
+        sigmas = end * edm_sigmas(steps + 2, 1.0, lift * s / end, rho)[:-1]
     with torch.no_grad():
         noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
         x = add_noise_ve(y, s, lift * s, noise)
-        return sample_multistep(denoiser, x,
-                                edm_sigmas(steps + 1, sigma_min, lift * s, rho).to(y.dtype),
-                                eta=eta, generator=generator)
+        return sample_multistep(denoiser, x, sigmas.to(y.dtype), eta=eta, generator=generator)
 
 
 def own_sample_loss(
@@ -322,11 +329,25 @@ def own_sample_loss(
     extrapolate: float = 0.0,
     memory: RefitMemory | None = None,
     share: float = 1.0,
+    stop: float = 0.0,
 ) -> LossTerms:
     """Consistency as a fixed point: DSM below ``sigma_n`` on the model's own draws
     ``x0_hat`` (:func:`own_samples`, from the data lifted to ``lift * s``):
 
         loss   = lambda(sigma') * mean((D(x0_hat + sigma' eps, sigma') - x0_hat)^2)
+
+    ``stop = a`` in ``(0, 1)`` stops the draws at ``a sigma'`` (``x_a = own_samples(...,
+    stop=a sigma')``) and trains ``D(., sigma')`` on them with the ambient loss from that level,
+    in x0-space (:func:`ambient_loss` with ``s = a sigma'``, ``weight_cap = 1 / (1 - a^2)^2``,
+    so the weight is ``lambda(sigma') / (1 - a^2)^2`` on ``(y_hat - x_a)^2``); ``stop = 0`` is the
+    DSM above (:func:`ambient_loss` at ``s = 0``). The fixed point is the same exact denoiser
+    (the exact model's ODE carries ``p_s`` to ``p_{a sigma'}``, from which the ambient loss
+    learns ``D`` at ``sigma' > a sigma'``), but the target no longer depends on the model
+    between ``a sigma'`` and 0: on a Gaussian of variance ``v`` a refit that moves the model's
+    variance uniformly by ``delta`` moves the variance at ``sigma'`` by ``delta (s^2 - a^2
+    sigma'^2) / (v + s^2)`` instead of ``delta s^2 / (v + s^2)``, a smaller amplification of the
+    fit error at the fixed point (largest just below ``s``), bought with the ambient loss's
+    noisier target (its x0-space variance grows about ``1 / (1 - a^2)^2`` times).
 
     Its minimiser makes ``D(., sigma')`` the posterior mean of the law ``q`` of the model's own
     draws, which is the consistency property. With ``lift = 1`` (the default) the ODE starts at
@@ -374,10 +395,17 @@ def own_sample_loss(
 
     (the same expectation, ``n + m`` draws and rows with a graph instead of ``2n``). The returned
     ``x``, ``sigma`` and ``denoised`` hold both sets of rows."""
+    if not 0 <= stop < 1:
+        raise ValueError(f"stop must be in [0, 1) (the draws end at stop * sigma'), got {stop}")
     if extrapolate == 0:
-        x0 = own_samples(denoiser, y, sigma_n, lift, steps, sigma_min, generator, rho)
+        end = stop * sigma_next
+        x0 = own_samples(denoiser, y, sigma_n, lift, steps, sigma_min, generator, rho,
+                         stop=end if stop > 0 else None)
         eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-        return dsm_loss(denoiser, x0, sigma_next, eps, sigma_data)
+        return ambient_loss(denoiser, x0, end, sigma_next, eps, sigma_data,
+                            1 / (1 - stop**2) ** 2)
+    if stop > 0:
+        raise ValueError("stop > 0 with extrapolate > 0 is not implemented (the draws behind end at 0)")
     s = as_levels(sigma_n, y)
     n = len(y)
     m = max(1, math.ceil(share * n))

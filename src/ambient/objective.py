@@ -71,6 +71,9 @@ class ConsistencyConfig:
     # share of the term's rows that carry the draws behind (times 1 / share on them, the same
     # expectation at fewer draws; own_sample_loss's share)
     extrapolate_share: float = 1.0
+    # target="samples": the draws stop at stop * sigma' and the term is the ambient loss from
+    # there (own_sample_loss's stop; 0: the draws end at 0 and the term is DSM)
+    stop: float = 0.0
     warmup: float = 0.0  # share of the training steps before the term switches on (warm start)
     sigma_min: float = 0.002  # lowest level trained by consistency
     weighting: Literal["none", "edm"] = "none"  # "edm": times lambda(sigma') / lambda(sigma_n)
@@ -90,6 +93,8 @@ class ConsistencyConfig:
                   ("lift", self.lift >= 1, ">= 1 (the draws start at or above sigma_n)"),
                   ("extrapolate", self.extrapolate >= 0, ">= 0 (0: plain refit)"),
                   ("extrapolate_share", 0 < self.extrapolate_share <= 1, "in (0, 1]"),
+                  ("stop", 0 <= self.stop < 1 and (self.stop == 0 or self.extrapolate == 0),
+                   "in [0, 1), and 0 with extrapolate > 0"),
                   ("sigma_min", self.sigma_min > 0, "> 0"),
                   ("warmup", 0 <= self.warmup < 1, "in [0, 1)"),
                   ("schedule", self.schedule in ("geometric", "edm"), "'geometric' or 'edm'"),
@@ -233,7 +238,7 @@ def consistency_rows(
         rho = math.inf if cfg.schedule == "geometric" else EDM_RHO
         loss = own_sample_loss(denoiser, y, sigma_n, sigma_next, cfg.lift, cfg.substeps,
                                lowest, sigma_data, generator, rho, cfg.extrapolate, memory,
-                               cfg.extrapolate_share).loss
+                               cfg.extrapolate_share, cfg.stop).loss
         return _weighted(loss, sigma_next, sigma_n, cfg, sigma_data)
     teacher = None
     if cfg.start == "data":
