@@ -117,6 +117,13 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      ["consistency_seeds.py", "--steps", "24000", "--seeds", *map(str, range(8)), "--sigmas",
       "0.15", "--candidates", "24-steps", "8-steps-sigma-min-0.005", "extrapolate-1-share-0.5",
       "--points", "131072"]),
+    ("consistency_points_sigma02_long.md", "Gaussian mixture at sigma_n = 0.2 with 8 times the "
+     "training points (131072), four seeds at 16 times the training budget (24000 steps): the "
+     "default, the own-sample ODE in 8 steps to sigma 0.005 and the extrapolated refit (beta 1, "
+     "draws behind for half the rows) vs the clean-data oracle trained as long",
+     ["consistency_seeds.py", "--steps", "24000", "--seeds", *map(str, range(4)), "--sigmas",
+      "0.2", "--candidates", "default", "8-steps-sigma-min-0.005", "extrapolate-1-share-0.5",
+      "--points", "131072"]),
     ("consistency_points_sigma02.md", "Gaussian mixture at sigma_n = 0.2 with 8 times the training "
      "points (131072), four seeds: the default, the extrapolated refit (beta 1, draws behind "
      "for half the rows), the own-sample ODE in 8 steps to sigma 0.005, both together, and draws "
@@ -262,7 +269,7 @@ JOBS = [
       for name in ("consistency_points_seeds_96k", "consistency", "consistency_seeds",
                    "consistency_budget", "consistency_long", "consistency_points_seeds_long",
                    "consistency_points_seeds", "consistency_points_steps_long",
-                   "consistency_points_sigma02",
+                   "consistency_points_sigma02_long", "consistency_points_sigma02",
                    "consistency_points_sure",
                    "consistency_points_steps",
                    "consistency_points_net",
