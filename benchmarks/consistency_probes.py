@@ -82,11 +82,21 @@ def gaussian_posterior(denoiser: Denoiser, x: Tensor, level: Tensor,
     return denoiser(x, level) + level[:, None] * torch.einsum("nij,nj->ni", root.to(x.dtype), xi)
 
 
+def plain_draws(eta: float, stop: Tensor | None) -> None:
+    """The draws' probes replace own_samples' deterministic draws to 0 only (``eta = 0``, no
+    ``stop``): refuse the others."""
+    if eta != 0 or stop is not None:
+        raise ValueError(f"the probes replace the ODE draws to 0 (eta = 0, stop = None), got "
+                         f"eta = {eta}, stop = {stop}")
+
+
 def gaussian_posterior_draws(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float,
                              lift: float = LIFT, steps: int = 8, sigma_min: float = 0.002,
                              generator: torch.Generator | None = None,
-                             rho: float = math.inf) -> Tensor:
+                             rho: float = math.inf, eta: float = 0.0,
+                             stop: Tensor | None = None) -> Tensor:
     """Targets from the Gaussian posterior at ``lift * s`` (same signature as own_samples)."""
+    plain_draws(eta, stop)
     s = as_levels(sigma_n, y)
     with torch.no_grad():
         noise = torch.randn(y.shape, generator=generator, dtype=y.dtype)
@@ -102,7 +112,9 @@ def ema_draws(halflife: float, extrapolate: float = 1.0) -> Draws:
 
     def draws(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, lift: float = LIFT,
               steps: int = 8, sigma_min: float = 0.002,
-              generator: torch.Generator | None = None, rho: float = math.inf) -> Tensor:
+              generator: torch.Generator | None = None, rho: float = math.inf,
+              eta: float = 0.0, stop: Tensor | None = None) -> Tensor:
+        plain_draws(eta, stop)
         if not isinstance(denoiser, torch.nn.Module):  # training passes the model on a CPU
             raise TypeError("the EMA probe needs the model's parameters: train on a CPU or "
                             "with cuda_graphs off")
@@ -129,7 +141,9 @@ def truncated_first(calls: int) -> Draws:
 
     def draws(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, lift: float = LIFT,
               steps: int = 8, sigma_min: float = 0.002,
-              generator: torch.Generator | None = None, rho: float = math.inf) -> Tensor:
+              generator: torch.Generator | None = None, rho: float = math.inf,
+              eta: float = 0.0, stop: Tensor | None = None) -> Tensor:
+        plain_draws(eta, stop)
         count[0] += 1
         s = as_levels(sigma_n, y)
 
@@ -147,12 +161,14 @@ def two_levels_loss(denoiser: Denoiser, y: Tensor, sigma_n: Tensor | float, sigm
                     sigma_data: float = 0.5, generator: torch.Generator | None = None,
                     rho: float = math.inf, extrapolate: float = 0.0,
                     memory: ambient.losses.RefitMemory | None = None,
-                    share: float = 1.0) -> ambient.losses.LossTerms:
+                    share: float = 1.0, stop: float = 0.0) -> ambient.losses.LossTerms:
     """own_sample_loss with each draw used at ``sigma_next`` and at a second log-uniform level
     in ``(sigma_min, s)`` (twice the DSM rows per ODE draw); per-row mean of the two. (The
-    plain refit only: ``extrapolate`` must be 0, and ``memory`` and ``share`` are not used.)"""
-    if extrapolate != 0:
-        raise ValueError("the two-levels probe replaces the plain refit (extrapolate = 0)")
+    plain refit only: ``extrapolate`` and ``stop`` must be 0, and ``memory`` and ``share`` are
+    not used.)"""
+    if extrapolate != 0 or stop != 0:
+        raise ValueError("the two-levels probe replaces the plain refit (extrapolate = 0, "
+                         "stop = 0)")
     x0 = own_samples(denoiser, y, sigma_n, lift, steps, sigma_min, generator, rho)
     s = as_levels(sigma_n, y)
     second = log_uniform(torch.full_like(s, sigma_min), s, generator)
