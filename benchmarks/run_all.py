@@ -1,6 +1,6 @@
 """Run every benchmark and assemble benchmarks/RESULTS.md from their outputs.
 
-    python benchmarks/run_all.py              # all benchmarks (about 17 h on 2 CPU cores)
+    python benchmarks/run_all.py              # all benchmarks (about 18 h on 2 CPU cores)
     python benchmarks/run_all.py --quick      # smoke versions into a temp folder (minutes;
                                               # pages differing only in --steps / --seeds once)
     python benchmarks/run_all.py --assemble   # only rebuild RESULTS.md from benchmarks/results/
@@ -40,6 +40,14 @@ def seed_pages(name: str, title: str, candidates: list[str],
     return [(f"{name}{tag}.md", title + ending,
              ["consistency_seeds.py", *budget, "--candidates", *candidates])
             for tag, ending, budget in zip(("", "_budget"), endings, ([], BUDGET), strict=True)]
+
+
+def points_command(steps: int, seeds: int, sigma_n: str, candidates: list[str]) -> list[str]:
+    """consistency_seeds.py on the mixture with 8 times the training points (131072): ``steps``
+    steps, seeds 0 to ``seeds - 1``, one ``sigma_n``, ``candidates`` (in the order of the pages'
+    rerun lines)."""
+    return ["consistency_seeds.py", "--steps", str(steps), "--seeds", *map(str, range(seeds)),
+            "--sigmas", sigma_n, "--candidates", *candidates, "--points", "131072"]
 
 
 # the digits UNet pages at 6000 steps, one per seed: (page tag, methods, title ending, seeds)
@@ -96,47 +104,38 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "points (131072), eight seeds: the default, the extrapolated refit (beta 1, on half the "
      "rows, and with draws behind for half the default's rows) and the own-sample ODE in 8 steps "
      "to sigma 0.005 vs no consistency at four times the training budget",
-     ["consistency_seeds.py", "--steps", "6000", "--seeds", *map(str, range(8)), "--sigmas",
-      "0.15", "--candidates", "none", "default", "extrapolate-1-fraction-0.125",
-      "extrapolate-1-share-0.5", "8-steps-sigma-min-0.005", "--points", "131072"]),
+     points_command(6000, 8, "0.15", ["none", "default", "extrapolate-1-fraction-0.125",
+                                      "extrapolate-1-share-0.5", "8-steps-sigma-min-0.005"])),
     ("consistency_points_seeds_long.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the "
      "training points (131072), eight seeds at 16 times the training budget (24000 steps): the "
      "default vs the clean-data oracle trained as long",
-     ["consistency_seeds.py", "--steps", "24000", "--seeds", *map(str, range(8)), "--sigmas",
-      "0.15", "--candidates", "default", "--points", "131072"]),
+     points_command(24000, 8, "0.15", ["default"])),
     ("consistency_points_seeds_96k.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the "
      "training points (131072), four seeds at 64 times the training budget (96000 steps): the "
      "default vs the clean-data oracle trained as long",
-     ["consistency_seeds.py", "--steps", "96000", "--seeds", *map(str, range(4)), "--sigmas",
-      "0.15", "--candidates", "default", "--points", "131072"]),
+     points_command(96000, 4, "0.15", ["default"])),
     ("consistency_points_steps_long.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the "
      "training points (131072), eight seeds at 16 times the training budget (24000 steps): the "
      "own-sample ODE in 24 steps, and in 8 steps to sigma 0.005 (the default: 6 steps to 0.002), "
      "and the extrapolated refit (beta 1, draws behind for half the rows) vs the clean-data "
      "oracle trained as long",
-     ["consistency_seeds.py", "--steps", "24000", "--seeds", *map(str, range(8)), "--sigmas",
-      "0.15", "--candidates", "24-steps", "8-steps-sigma-min-0.005", "extrapolate-1-share-0.5",
-      "--points", "131072"]),
+     points_command(24000, 8, "0.15", ["24-steps", "8-steps-sigma-min-0.005", "extrapolate-1-share-0.5"])),
     ("consistency_points_sigma02_long.md", "Gaussian mixture at sigma_n = 0.2 with 8 times the "
      "training points (131072), four seeds at 16 times the training budget (24000 steps): the "
      "default, the own-sample ODE in 8 steps to sigma 0.005 and the extrapolated refit (beta 1, "
      "draws behind for half the rows) vs the clean-data oracle trained as long",
-     ["consistency_seeds.py", "--steps", "24000", "--seeds", *map(str, range(4)), "--sigmas",
-      "0.2", "--candidates", "default", "8-steps-sigma-min-0.005", "extrapolate-1-share-0.5",
-      "--points", "131072"]),
+     points_command(24000, 4, "0.2", ["default", "8-steps-sigma-min-0.005", "extrapolate-1-share-0.5"])),
     ("consistency_points_sigma02.md", "Gaussian mixture at sigma_n = 0.2 with 8 times the training "
      "points (131072), four seeds: the default, the extrapolated refit (beta 1, draws behind "
      "for half the rows), the own-sample ODE in 8 steps to sigma 0.005, both together, and draws "
      "stopped at half the level, vs no consistency at four times the training budget",
-     ["consistency_seeds.py", "--steps", "6000", "--seeds", *map(str, range(4)), "--sigmas",
-      "0.2", "--candidates", "none", "default", "extrapolate-1-share-0.5",
-      "8-steps-sigma-min-0.005", "8-steps-sigma-min-0.005-share-0.5", "stop-0.5", "--points",
-      "131072"]),
+     points_command(6000, 4, "0.2", ["none", "default", "extrapolate-1-share-0.5",
+                                     "8-steps-sigma-min-0.005",
+                                     "8-steps-sigma-min-0.005-share-0.5", "stop-0.5"])),
     ("consistency_points_sure.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
      "points (131072), five seeds: a SURE term at sigma_n on a quarter of the rows besides the "
      "default consistency, against the default, at four times the training budget",
-     ["consistency_seeds.py", "--steps", "6000", "--seeds", *map(str, range(5)), "--sigmas",
-      "0.15", "--candidates", "default", "sure", "--points", "131072"]),
+     points_command(6000, 5, "0.15", ["default", "sure"])),
     ("consistency_points_net.md", "Gaussian mixture at sigma_n = 0.15 with 8 times the training "
      "points (131072) and an MLP 256x4 (the ablation's is 128x3): the default vs no consistency "
      "at four times the training budget",
