@@ -50,21 +50,30 @@ def points_command(steps: int, seeds: int, sigma_n: str, candidates: list[str]) 
             "--sigmas", sigma_n, "--candidates", *candidates, "--points", "131072"]
 
 
-# the digits UNet pages at 6000 steps, one per seed: (page tag, methods, title ending, seeds)
-DIGITS_6000 = [
-    ("", ["ambient_no_consistency", "ambient_consistency"], "", (0, 1, 2)),
-    ("_cap1", ["ambient_cap1_no_consistency", "ambient_cap1_consistency"],
+EIGHT_STEPS_SIGMA_MIN = ": the own-sample ODE in 8 steps to sigma 0.005 (the default: 6 steps to 0.002)"
+# the digits UNet pages at longer budgets, one per seed, longest first:
+# (steps, page tag, methods, title ending, seeds)
+DIGITS_LONG = [
+    (12000, "", ["ambient_no_consistency", "ambient_consistency"], "", (0,)),
+    (12000, "_8_steps_sigma_min", ["ambient_no_consistency", "ambient_8_steps_sigma_min_0005"],
+     EIGHT_STEPS_SIGMA_MIN, (0,)),
+    # seed 1: the two head to head only (the oracle and each option), to save an hour of training
+    (12000, "", ["ambient_consistency"], "", (1,)),
+    (12000, "_8_steps_sigma_min", ["ambient_8_steps_sigma_min_0005"], EIGHT_STEPS_SIGMA_MIN, (1,)),
+    (6000, "", ["ambient_no_consistency", "ambient_consistency"], "", (0, 1, 2)),
+    (6000, "_cap1", ["ambient_cap1_no_consistency", "ambient_cap1_consistency"],
      ", paper's ambient weighting (weight cap 1)", (0, 1, 2)),
-    ("_sigma_min", ["ambient_no_consistency", "ambient_sigma_min_0005"],
+    (6000, "_sigma_min", ["ambient_no_consistency", "ambient_sigma_min_0005"],
      ": the own-sample ODE to sigma 0.005 (the default: 0.002)", (0, 1, 2)),
-    ("_8_steps", ["ambient_no_consistency", "ambient_8_steps"],
+    (6000, "_8_steps", ["ambient_no_consistency", "ambient_8_steps"],
      ": the own-sample ODE in 8 steps (the default: 6)", (0, 1, 2)),
-    ("_extrapolate", ["ambient_no_consistency", "ambient_extrapolated_f0125"],
+    (6000, "_extrapolate", ["ambient_no_consistency", "ambient_extrapolated_f0125"],
      ": the extrapolated refit (beta 1) on half the default's rows", (0, 1, 2)),
-    ("_share", ["ambient_no_consistency", "ambient_extrapolated_share_05"],
+    (6000, "_share", ["ambient_no_consistency", "ambient_extrapolated_share_05"],
      ": the extrapolated refit (beta 1) with draws behind for half the default's rows", (0, 1, 2)),
-    ("_8_steps_sigma_min", ["ambient_no_consistency", "ambient_8_steps_sigma_min_0005"],
-     ": the own-sample ODE in 8 steps to sigma 0.005 (the default: 6 steps to 0.002)", (0, 1, 2))]
+    (6000, "_8_steps_sigma_min", ["ambient_no_consistency", "ambient_8_steps_sigma_min_0005"],
+     EIGHT_STEPS_SIGMA_MIN, (0, 1, 2))]
+BUDGET_TIMES = {6000: "four", 12000: "eight"}  # the digits UNet's default budget is 1500 steps
 
 SECTIONS = [  # (results page, title, the command that writes it: script and arguments)
     ("consistency_frontier.md", "The consistency options at a glance: step cost against "
@@ -215,11 +224,11 @@ SECTIONS = [  # (results page, title, the command that writes it: script and arg
      "three seeds",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "1", "2",
       "--methods", "ambient_cap1_no_consistency", "ambient_cap1_consistency"]),
-    *[(f"digits_unet_6000{tag}_s{seed}.md", f"Digits with a small UNet at four times the training "
-       f"budget (6000 steps){title}, seed {seed}",
+    *[(f"digits_unet_{steps}{tag}_s{seed}.md", f"Digits with a small UNet at "
+       f"{BUDGET_TIMES[steps]} times the training budget ({steps} steps){title}, seed {seed}",
        ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", str(seed), "--steps",
-        "6000", "--methods", *methods])
-      for tag, methods, title, seeds in DIGITS_6000 for seed in seeds],
+        str(steps), "--methods", *methods])
+      for steps, tag, methods, title, seeds in DIGITS_LONG for seed in seeds],
     ("digits_unet_6000_lift1_s0.md", "Digits with a small UNet at four times the training budget "
      "(6000 steps): the own-sample draws lifted to 1.1 sigma_n (the previous default), seed 0",
      ["digits_benchmark.py", "--net", "unet", "--sigmas", "0.2", "--seeds", "0", "--steps", "6000",
@@ -255,7 +264,7 @@ STATED = defaults_summary().split(":")[0]  # how a page begins to state its trai
 # single-threaded jobs, longest first: (results page, run in shards). A sharded page's runs are
 # split over --shards processes (consistency_ablation.py / consistency_seeds.py --shard K/N)
 JOBS = [
-    *[(f"digits_unet_6000{tag}_s{seed}.md", False) for tag, _, _, seeds in DIGITS_6000
+    *[(f"digits_unet_{steps}{tag}_s{seed}.md", False) for steps, tag, _, _, seeds in DIGITS_LONG
       for seed in seeds],
     ("digits_unet_6000_mixed_s0.md", False),
     ("digits_unet_6000_lift1_s0.md", False),
