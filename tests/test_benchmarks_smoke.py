@@ -166,7 +166,8 @@ def test_run_all_quick_writes_every_page(tmp_path: Path, monkeypatch: pytest.Mon
     assert "own samples, ODE to sigma 0.005 | full" in digits_end
     eight = (tmp_path / "digits_unet_6000_8_steps_s0.md").read_text(encoding="utf-8")
     assert "own samples, 8 ODE steps | full" in eight
-    eight = (tmp_path / "digits_unet_6000_8_steps_sigma_min_s0.md").read_text(encoding="utf-8")
+    # the first page of this command in SECTIONS runs; the 6000-step one stands in
+    eight = (tmp_path / "digits_unet_12000_8_steps_sigma_min_s0.md").read_text(encoding="utf-8")
     assert "own samples, 8 ODE steps to sigma 0.005 | full" in eight
     extrapolated = (tmp_path / "digits_unet_6000_extrapolate_s0.md").read_text(encoding="utf-8")
     assert "extrapolated refit (beta 1), fraction 0.125 | full" in extrapolated
