@@ -1,6 +1,6 @@
 """Run every benchmark and assemble benchmarks/RESULTS.md from their outputs.
 
-    python benchmarks/run_all.py              # all benchmarks (about 18 h on 2 CPU cores)
+    python benchmarks/run_all.py              # all benchmarks (about 19 h on 2 CPU cores)
     python benchmarks/run_all.py --quick      # smoke versions into a temp folder (minutes;
                                               # pages differing only in --steps / --seeds once)
     python benchmarks/run_all.py --assemble   # only rebuild RESULTS.md from benchmarks/results/
